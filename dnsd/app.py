@@ -1,0 +1,169 @@
+"""Composition root and lifecycle: the only module that wires the parts together.
+
+`serve(config)` builds the zone index, the source that feeds it, the handler, the listeners and the
+HTTP side, then waits for SIGTERM or SIGINT. Shutdown is graceful: `/readyz` turns 503 first (lame
+duck, `lame_duck` seconds) while queries are still answered, so that Kubernetes stops sending new
+traffic; then the listeners close, the source stops, and `serve` returns 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from dnsd import metrics
+from dnsd.config import Config
+from dnsd.errors import SourceError, StartupError
+from dnsd.handler import Handler, Recursor
+from dnsd.http import HttpServer
+from dnsd.kube.manifests import ManifestSource
+from dnsd.metrics import QueryStats, register_query_stats
+from dnsd.transport import Listeners
+from dnsd.zone import ZoneIndex
+
+logger = logging.getLogger(__name__)
+
+
+class App:
+    """One dnsd process: its parts and its state (bound, lame duck)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.zone = ZoneIndex(config)
+        self.stats = QueryStats()
+        self.recursor: Any = None
+        self.handler: Handler | None = None
+        self.listeners: Listeners | None = None
+        self.http: HttpServer | None = None
+        self.lame_duck = False
+        self.stopping = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) for /readyz."""
+        if self.lame_duck:
+            return False, "shutting down"
+        if not self.zone.synced:
+            return False, "waiting for the first full sync of the source"
+        if self.listeners is None or not self.listeners.bound:
+            return False, "listeners not bound"
+        return True, "ready"
+
+    def _update_gauges(self) -> None:
+        metrics.ZONE_SERIAL.set(self.zone.serial)
+        metrics.ZONE_RECORDS.set(self.zone.record_count)
+        metrics.ZONE_SERVICES.set(len(self.zone.services))
+        metrics.SOURCE_SYNCED.set(1 if self.zone.synced else 0)
+        if self.handler is not None:
+            metrics.CACHE_ENTRIES.labels(cache="answers").set(self.handler.cached_responses)
+
+    async def _make_recursor(self) -> Recursor | None:
+        if self.config.recursion == "off":
+            return None
+        try:
+            from dnsd.recursor import Recursor as RecursorImpl  # optional part: imported only when used
+        except ImportError:
+            logger.warning("recursion %r requested but the recursor is not available; answering "
+                           "REFUSED outside the zone", self.config.recursion)
+            return None
+        recursor = RecursorImpl(self.config)
+        await recursor.start()
+        self.recursor = recursor
+        return recursor  # type: ignore[no-any-return]
+
+    async def _start_source(self) -> None:
+        config = self.config
+        path = config.source_path
+        if path is not None:
+            source = ManifestSource(path, self.zone, config.namespaces)
+            try:
+                source.load()
+            except SourceError as exc:
+                raise StartupError(str(exc)) from None
+            self.zone.mark_synced()
+            self.tasks.append(asyncio.create_task(source.run(), name="manifests"))
+            return
+        from dnsd.kube.informer import KubernetesSource  # loads kubernetes_asyncio only when used
+
+        kube = KubernetesSource(config, self.zone)
+        task = asyncio.create_task(kube.run(), name="informer")
+        self.tasks.append(task)
+
+    async def run(self) -> int:
+        config = self.config
+        register_query_stats(self.stats)
+        recursor = await self._make_recursor()
+        self.handler = Handler(config, self.zone, self.stats, recursor)
+        await self._start_source()
+        self.listeners = Listeners(config.listen, self.handler.respond, config.tcp_idle_timeout)
+        try:
+            await self.listeners.start()
+        except OSError as exc:
+            raise StartupError(f"listen: cannot bind: {exc.strerror or exc}") from None
+        logger.info("listening on %s (udp, tcp) for zone %s, cluster domain %s, serial %d",
+                    ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.listeners.bound),
+                    config.zone, config.cluster_domain, self.zone.serial)
+        if config.http is not None:
+            self.http = HttpServer(config.http, self.readiness, self._update_gauges)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise StartupError(f"http: cannot bind {config.http}: {exc.strerror or exc}") from None
+            host = config.http.host
+            logger.info("http on %s (/metrics, /healthz, /readyz)",
+                        f"[{host}]:{self.http.port}" if ":" in host else f"{host}:{self.http.port}")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        watch = asyncio.create_task(self._watch_tasks(), name="watch")
+        await self.stopping.wait()
+        watch.cancel()
+        return await self.shutdown()
+
+    async def _watch_tasks(self) -> None:
+        """A root task that ends (it never should) stops the process instead of failing silently."""
+        while True:
+            await asyncio.sleep(0.5)
+            for task in self.tasks:
+                if task.done() and not task.cancelled():
+                    exc = task.exception()
+                    if exc is not None:
+                        logger.error("%s stopped: %s", task.get_name(), exc)
+                        self.failure = exc
+                        self.stopping.set()
+                        return
+
+    failure: BaseException | None = None
+
+    async def shutdown(self) -> int:
+        """Lame duck, then close everything; the exit status to return."""
+        if self.failure is None and self.config.lame_duck > 0:
+            self.lame_duck = True
+            logger.info("lame duck: /readyz is 503, still answering for %.1f s", self.config.lame_duck)
+            await asyncio.sleep(self.config.lame_duck)
+        self.lame_duck = True
+        if self.listeners is not None:
+            await self.listeners.close()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.recursor is not None:
+            await self.recursor.close()
+        if self.http is not None:
+            await self.http.close()
+        if self.failure is not None:
+            if isinstance(self.failure, StartupError):
+                raise self.failure
+            raise StartupError(str(self.failure))
+        logger.info("shut down cleanly")
+        return 0
+
+
+async def serve(config: Config) -> int:
+    """Run dnsd until a stop signal; returns the exit status (StartupError for start-up failures)."""
+    return await App(config).run()

@@ -1,0 +1,1 @@
+"""Kubernetes side: the slim object model and the sources that feed the zone (manifests file, informer)."""

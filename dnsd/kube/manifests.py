@@ -1,0 +1,142 @@
+"""The manifests source: `--source file:PATH`, a file of Kubernetes objects kept in the zone.
+
+The file holds what `kubectl get svc,endpointslices -A -o yaml` prints (a `kind: List`), or
+multi-document YAML of Services, EndpointSlices and Namespaces; other kinds are ignored. It is
+re-read when its identity or modification time changes (checked every `POLL_INTERVAL` seconds: a
+stat call, cheap, and it also sees a ConfigMap volume's symlink swap), and the new state goes through
+`ZoneIndex.replace`, which touches only what differs. A file that cannot be read or parsed logs one
+error and leaves the last good data in place; at start-up there is no good data yet, so the first
+failure stops dnsd with one line instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dnsd import metrics
+from dnsd.errors import SourceError
+from dnsd.kube.model import (
+    InvalidObject,
+    ServiceRecord,
+    SliceRecord,
+    namespace_from_api,
+    service_from_api,
+    slice_from_api,
+)
+from dnsd.zone import ZoneIndex
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between checks of the file: answers follow an edit within this delay plus parsing time.
+POLL_INTERVAL = 0.25
+
+Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
+
+
+def parse_manifests(text: str, origin: str) -> Loaded:
+    """Services, EndpointSlices and Namespaces from YAML text; raises SourceError if unparsable."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise SourceError(f"{origin}: invalid YAML{where}: {problem}") from None
+    objects: list[dict[str, Any]] = []
+    for document in documents:
+        if document is None:
+            continue
+        if not isinstance(document, dict):
+            raise SourceError(f"{origin}: a document is not a mapping of a Kubernetes object")
+        if document.get("kind") == "List" or (document.get("kind", "").endswith("List")
+                                              and isinstance(document.get("items"), list)):
+            objects.extend(item for item in document.get("items") or [] if isinstance(item, dict))
+        else:
+            objects.append(document)
+    services: list[ServiceRecord] = []
+    slices: list[SliceRecord] = []
+    namespaces: list[str] = []
+    for obj in objects:
+        kind = obj.get("kind")
+        try:
+            if kind == "Service":
+                services.append(service_from_api(obj))
+            elif kind == "EndpointSlice":
+                slices.append(slice_from_api(obj))
+            elif kind == "Namespace":
+                namespaces.append(namespace_from_api(obj))
+        except InvalidObject as exc:
+            logger.warning("%s: skipped: %s", origin, exc)
+    return services, slices, namespaces
+
+
+class ManifestSource:
+    """Feeds the zone from a manifests file and follows its changes."""
+
+    def __init__(self, path: Path, zone: ZoneIndex, namespaces: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.zone = zone
+        self.only_namespaces = set(namespaces)
+        self._identity: tuple[int, int, int, int] | None = None
+        self._digest = b""
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+
+    def load(self) -> bool:
+        """Read and apply the file if it changed; returns True when the zone was updated.
+
+        Raises SourceError when the file cannot be read or parsed (the zone is left untouched).
+        """
+        identity = self._stat()
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot read: {exc.strerror}") from None
+        self._identity = identity
+        digest = hashlib.sha256(raw).digest()
+        if digest == self._digest:
+            return False
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SourceError(f"{self.path}: not UTF-8 text") from None
+        services, slices, namespaces = parse_manifests(text, str(self.path))
+        if self.only_namespaces:
+            services = [s for s in services if s.namespace in self.only_namespaces]
+            slices = [s for s in slices if s.namespace in self.only_namespaces]
+            namespaces = [n for n in namespaces if n in self.only_namespaces]
+        changed = self.zone.replace(services, slices, namespaces)
+        self._digest = digest
+        metrics.SOURCE_EVENTS.labels(kind="file", type="RELOAD").inc()
+        metrics.SOURCE_LAST_SYNC.labels(kind="file").set_to_current_time()
+        logger.info("loaded %s: %d services, %d endpoint slices, %d changed; serial %d",
+                    self.path, len(services), len(slices), changed, self.zone.serial)
+        return True
+
+    async def run(self) -> None:
+        """Follow the file until cancelled; errors after the first load never stop the loop."""
+        reported = False
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            if self._stat() == self._identity:
+                continue
+            try:
+                self.load()
+                reported = False
+            except SourceError as exc:
+                metrics.SOURCE_ERRORS.labels(source="file").inc()
+                if not reported:  # one clear line per bad state, not one per poll
+                    logger.error("%s; keeping the last good data", exc)
+                    reported = True

@@ -1,0 +1,157 @@
+"""Every Prometheus metric dnsd exports (names start `dnsd_`, counters end `_total`, times `_seconds`).
+
+Per-query accounting is on the hot path, so it does not go through prometheus-client's labelled
+children (a lock and a dict lookup per `.labels()` call): the handler bumps plain integers in
+`QueryStats`, keyed by a tuple of already-bounded label values, and `QueryStatsCollector` turns them
+into metric families only when `/metrics` is scraped. Everything else (informer, cache, upstreams)
+changes rarely and uses ordinary prometheus-client objects declared here, so that every name lives in
+one file and the naming lint has one place to look.
+
+Label values are bounded: qtypes outside `QTYPE_NAMES` are reported as "other", rcodes by name,
+sources and transports from closed sets. No label ever holds a query name or a client address.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+QTYPE_NAMES = {
+    1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
+    35: "NAPTR", 43: "DS", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 52: "TLSA", 64: "SVCB",
+    65: "HTTPS", 99: "SPF", 251: "IXFR", 252: "AXFR", 255: "ANY", 257: "CAA",
+}
+RCODE_NAMES = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS",
+}
+#: Where an answer came from (the contract's `source` label).
+SOURCES = ("zone", "cache", "recursion", "dns64", "refused", "error")
+TRANSPORTS = ("udp", "tcp")
+
+#: Latency buckets in seconds: the fast path answers in microseconds, recursion in milliseconds.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def qtype_label(qtype: int) -> str:
+    """Bounded qtype label: a known mnemonic or 'other'."""
+    return QTYPE_NAMES.get(qtype, "other")
+
+
+def rcode_label(rcode: int) -> str:
+    """Bounded rcode label."""
+    return RCODE_NAMES.get(rcode, "other")
+
+
+class QueryStats:
+    """Hot-path counters: plain integers, read by the collector at scrape time."""
+
+    __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "queries")
+
+    def __init__(self) -> None:
+        self.queries: dict[tuple[str, str, str, str], int] = {}
+        self.latency_sum: dict[str, float] = {}
+        self.latency_count: dict[str, int] = {}
+        self.buckets: dict[str, list[int]] = {}
+        self.dropped: dict[str, int] = {}
+
+    def count(self, key: tuple[str, str, str, str]) -> None:
+        """One answered query: (transport, qtype label, rcode label, source)."""
+        queries = self.queries
+        queries[key] = queries.get(key, 0) + 1
+
+    def observe(self, source: str, seconds: float) -> None:
+        """One latency sample for `source`."""
+        buckets = self.buckets.get(source)
+        if buckets is None:
+            buckets = self.buckets[source] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.latency_sum[source] = 0.0
+            self.latency_count[source] = 0
+        buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum[source] += seconds
+        self.latency_count[source] += 1
+
+    def drop(self, reason: str) -> None:
+        """A packet not answered (garbage, a response, rate limited)."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+class QueryStatsCollector(Collector):
+    """Exports a QueryStats as dnsd_queries_total, dnsd_query_duration_seconds, dnsd_dropped_total."""
+
+    def __init__(self, stats: QueryStats) -> None:
+        self.stats = stats
+
+    def describe(self) -> list[Any]:
+        return []  # families are built at collect time; an empty describe keeps registration cheap
+
+    def collect(self) -> Iterator[Any]:
+        queries = CounterMetricFamily(
+            "dnsd_queries", "DNS queries answered, by transport, qtype, rcode and answer source",
+            labels=["transport", "qtype", "rcode", "source"],
+        )
+        for (transport, qtype, rcode, source), value in sorted(self.stats.queries.items()):
+            queries.add_metric([transport, qtype, rcode, source], value)
+        yield queries
+        latency = HistogramMetricFamily(
+            "dnsd_query_duration_seconds", "Time from receiving a query to sending its answer",
+            labels=["source"],
+        )
+        for source, counts in sorted(self.stats.buckets.items()):
+            cumulative = 0
+            buckets = []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([source], buckets, self.stats.latency_sum[source])
+        yield latency
+        dropped = CounterMetricFamily(
+            "dnsd_dropped_packets", "Packets received but not answered, by reason", labels=["reason"],
+        )
+        for reason, value in sorted(self.stats.dropped.items()):
+            dropped.add_metric([reason], value)
+        yield dropped
+
+
+def register_query_stats(stats: QueryStats, registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose `stats` on `registry` (the default registry unless a test passes its own)."""
+    registry.register(QueryStatsCollector(stats))
+
+
+# ---- zone -------------------------------------------------------------------------------------
+ZONE_SERIAL = Gauge("dnsd_zone_serial", "SOA serial of the served zone")
+ZONE_RECORDS = Gauge("dnsd_zone_records", "RRsets currently served from the zone")
+ZONE_SERVICES = Gauge("dnsd_zone_services", "Services currently known to the zone index")
+
+# ---- sources (manifests file, Kubernetes informer) --------------------------------------------
+SOURCE_EVENTS = Counter(
+    "dnsd_informer_events_total", "Watch events applied to the zone, by object kind and event type",
+    ["kind", "type"],
+)
+SOURCE_RESTARTS = Counter(
+    "dnsd_informer_restarts_total", "List/watch restarts, by object kind and reason", ["kind", "reason"],
+)
+SOURCE_LAST_SYNC = Gauge(
+    "dnsd_informer_last_sync_timestamp_seconds", "Unix time of the last full list, by object kind",
+    ["kind"],
+)
+SOURCE_SYNCED = Gauge("dnsd_informer_synced", "1 once the source has delivered its first full state")
+SOURCE_ERRORS = Counter("dnsd_source_errors_total", "Source reads or API calls that failed", ["source"])
+
+# ---- answer cache (fast path) and recursion ----------------------------------------------------
+CACHE_ENTRIES = Gauge("dnsd_cache_entries", "Entries in the answer cache", ["cache"])
+CACHE_HITS = Counter("dnsd_cache_hits_total", "Answers served from a cache", ["cache"])
+CACHE_MISSES = Counter("dnsd_cache_misses_total", "Lookups that missed a cache", ["cache"])
+UPSTREAM_QUERIES = Counter(
+    "dnsd_upstream_queries_total", "Queries sent to upstream servers, by mode and transport",
+    ["mode", "transport"],
+)
+UPSTREAM_FAILURES = Counter(
+    "dnsd_upstream_failures_total", "Upstream queries that failed, by mode and reason", ["mode", "reason"],
+)
+DNS64_SYNTHESIZED = Counter("dnsd_dns64_synthesized_total", "AAAA answers synthesized by DNS64", ["kind"])

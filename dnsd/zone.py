@@ -1,0 +1,413 @@
+"""The zone index: every name dnsd is authoritative for, updated incrementally per cluster object.
+
+Sources (the manifests file, the Kubernetes informer, a worker's feed from the watching process) call
+`ZoneIndex.replace` with a full state, or `put_service` / `delete_service` / `put_slice` /
+`delete_slice` per event. Each call recomputes only the records of the one Service concerned
+(`records_for_service`) and diffs them into the name table, so the cost of an event is proportional
+to that Service, never to the cluster. A full relist (`replace`) diffs too: names that did not change
+are never removed, so there is no moment where answers vanish.
+
+Names are lower-case dotted text without the trailing dot. A name *exists* when it owns records, was
+marked present (a Namespace), or has an existing name below it (an empty non-terminal, RFC 8020).
+Every change bumps the SOA serial and reports the changed owner names to subscribers (the answer
+cache), which is how invalidation stays exact. This module knows nothing of sockets or wire formats
+beyond packing addresses; `authority` turns lookups into responses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Union
+
+from dnsd.config import Config
+from dnsd.kube.model import ServiceRecord, SliceRecord
+
+logger = logging.getLogger(__name__)
+
+# RR types dnsd serves.
+A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV = 1, 2, 5, 6, 12, 16, 28, 33
+
+#: The Kubernetes DNS schema version dnsd implements (kubernetes/dns docs/specification.md; 1.1.0 adds
+#: AAAA wherever A is specified).
+SCHEMA_VERSION = "1.1.0"
+
+#: SOA timers: refresh, retry, expire. dnsd has no secondaries (there is no zone transfer), so they only
+#: need to be sane (RFC 1912 2.2 ranges).
+SOA_TIMERS = (7200, 1800, 1209600)
+
+Srv = tuple[int, int, int, str]  # priority, weight, port, target
+#: bytes: A/AAAA address or TXT strings, already in wire form; str: a target name (CNAME, PTR, NS);
+#: tuple: SRV.
+Rdata = Union[bytes, str, Srv]  # noqa: UP007  # a type alias needs Union on 3.11 for tuple members
+Owner = tuple[str, ...]
+Records = dict[str, dict[int, tuple[int, tuple[Rdata, ...]]]]  # name -> type -> (ttl, rdatas)
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneApex:
+    """One zone dnsd is authoritative for: the delegated zone or a reverse zone."""
+
+    name: str
+    reverse_network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+
+def reverse_name(address: str) -> str:
+    """The in-addr.arpa / ip6.arpa owner name of an address, without the trailing dot."""
+    return ipaddress.ip_address(address).reverse_pointer.lower()
+
+
+def reverse_apex(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """The apex of the reverse zone of a network on a nibble (IPv6) or octet (IPv4) boundary."""
+    if network.version == 4:
+        octets = str(network.network_address).split(".")[: network.prefixlen // 8]
+        return ".".join([*reversed(octets), "in-addr", "arpa"])
+    nibbles = network.network_address.exploded.replace(":", "")[: network.prefixlen // 4]
+    return ".".join([*reversed(nibbles), "ip6", "arpa"])
+
+
+def endpoint_label(address: str) -> str:
+    """The system-assigned hostname of an endpoint without one (spec 2.1): its address, dashed.
+
+    IPv6 uses the exploded form so that the label never starts or ends with a dash.
+    """
+    ip = ipaddress.ip_address(address)
+    text = ip.exploded if ip.version == 6 else str(ip)
+    return text.replace(".", "-").replace(":", "-")
+
+
+def _pack(address: str) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(address)
+    return (A if ip.version == 4 else AAAA), ip.packed
+
+
+def txt_rdata(*strings: str) -> bytes:
+    """TXT rdata: each string as a length-prefixed character-string."""
+    out = bytearray()
+    for text in strings:
+        raw = text.encode()
+        out += bytes([len(raw)]) + raw
+    return bytes(out)
+
+
+class ZoneIndex:
+    """Names, records and existence of the served zones; mutated only through the put/delete methods."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.apex = config.zone
+        self.cluster_domain = config.cluster_domain
+        self.apexes: tuple[ZoneApex, ...] = (
+            ZoneApex(config.zone), *(ZoneApex(reverse_apex(net), net) for net in config.reverse_zone)
+        )
+        self._apex_names = {z.name for z in self.apexes}
+        self.serial = int(time.time()) & 0xFFFFFFFF
+        self.synced = False
+        self.services: dict[tuple[str, str], ServiceRecord] = {}
+        self.slices: dict[tuple[str, str], SliceRecord] = {}
+        self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self.namespaces: set[str] = set()
+        self._names: dict[str, dict[int, dict[Owner, tuple[int, tuple[Rdata, ...]]]]] = {}
+        self._present: dict[str, int] = {}
+        self._below: dict[str, int] = {}
+        self._contributions: dict[Owner, Records] = {}
+        self._subscribers: list[Callable[[set[str]], None]] = []
+        self._apply(("static",), self._static_records(), set())
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def find_apex(self, qname: str) -> ZoneApex | None:
+        """The most specific served zone containing qname, or None when dnsd is not authoritative."""
+        best: ZoneApex | None = None
+        for zone in self.apexes:
+            if (qname == zone.name or qname.endswith("." + zone.name)) and (
+                best is None or len(zone.name) > len(best.name)
+            ):
+                best = zone
+        return best
+
+    def exists(self, name: str) -> bool:
+        """True when the name owns records, is marked present, or is an empty non-terminal."""
+        return name in self._present or name in self._below
+
+    def rrset(self, name: str, rtype: int) -> tuple[int, tuple[Rdata, ...]] | None:
+        """(ttl, rdatas) of one RRset, merged across owners (two Services may share a PTR name)."""
+        by_type = self._names.get(name)
+        if not by_type:
+            return None
+        by_owner = by_type.get(rtype)
+        if not by_owner:
+            return None
+        if len(by_owner) == 1:
+            return next(iter(by_owner.values()))
+        ttl = min(t for t, _ in by_owner.values())
+        merged: dict[Rdata, None] = {}
+        for _, (_, rdatas) in sorted(by_owner.items(), key=lambda item: item[0]):
+            merged.update(dict.fromkeys(rdatas))
+        return ttl, tuple(merged)
+
+    def types_at(self, name: str) -> list[int]:
+        """The RR types present at a name, in ascending order."""
+        return sorted(self._names.get(name, {}))
+
+    def soa_rdata(self) -> tuple[str, str, int, int, int, int, int]:
+        """mname, rname, serial, refresh, retry, expire, minimum."""
+        mname = self.config.nameserver[0].name if self.config.nameserver else f"ns1.{self.apex}"
+        return (mname, f"hostmaster.{self.apex}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
+
+    @property
+    def record_count(self) -> int:
+        """Number of RRsets currently served (for the zone records metric)."""
+        return sum(len(types) for types in self._names.values())
+
+    # ---- subscribing ----------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[set[str]], None]) -> None:
+        """Call `callback(changed_names)` after every change; the serial has already moved."""
+        self._subscribers.append(callback)
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    def mark_synced(self) -> None:
+        """The source has delivered a full state: names in the zone may now be answered."""
+        if not self.synced:
+            self.synced = True
+            self._notify(set())
+
+    def replace(
+        self,
+        services: Iterable[ServiceRecord],
+        slices: Iterable[SliceRecord],
+        namespaces: Iterable[str] = (),
+    ) -> int:
+        """Make the index hold exactly this state, touching only what differs; returns #services changed."""
+        new_services = {s.key: s for s in services}
+        new_slices = {s.key: s for s in slices}
+        new_namespaces = set(namespaces)
+        affected: set[tuple[str, str]] = set()
+        for key in self.services.keys() | new_services.keys():
+            if self.services.get(key) != new_services.get(key):
+                affected.add(key)
+        for key in self.slices.keys() | new_slices.keys():
+            old, new = self.slices.get(key), new_slices.get(key)
+            if old != new:
+                if old is not None:
+                    affected.add((old.namespace, old.service))
+                if new is not None:
+                    affected.add((new.namespace, new.service))
+        self.services = new_services
+        self.slices = new_slices
+        self._slices_by_service = {}
+        for skey, rec in new_slices.items():
+            self._slices_by_service.setdefault((rec.namespace, rec.service), set()).add(skey)
+        changed: set[str] = set()
+        for ns in self.namespaces - new_namespaces:
+            self._apply(("namespace", ns), {}, changed)
+        for ns in new_namespaces - self.namespaces:
+            self._apply(("namespace", ns), {f"{ns}.svc.{self.cluster_domain}": {}}, changed)
+        self.namespaces = new_namespaces
+        for key in affected:
+            self._apply(("service", *key), self._service_records(key), changed)
+        self._commit(changed)
+        return len(affected)
+
+    def put_service(self, record: ServiceRecord) -> None:
+        """Add or replace one Service."""
+        if self.services.get(record.key) == record:
+            return
+        self.services[record.key] = record
+        self._refresh(record.key)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        """Remove one Service (its slices stay until deleted, as in the API)."""
+        if self.services.pop((namespace, name), None) is not None:
+            self._refresh((namespace, name))
+
+    def put_slice(self, record: SliceRecord) -> None:
+        """Add or replace one EndpointSlice."""
+        old = self.slices.get(record.key)
+        if old == record:
+            return
+        self.slices[record.key] = record
+        if old is not None and old.service != record.service:
+            self._slices_by_service.get((old.namespace, old.service), set()).discard(record.key)
+            self._refresh((old.namespace, old.service))
+        self._slices_by_service.setdefault((record.namespace, record.service), set()).add(record.key)
+        self._refresh((record.namespace, record.service))
+
+    def delete_slice(self, namespace: str, name: str) -> None:
+        """Remove one EndpointSlice."""
+        old = self.slices.pop((namespace, name), None)
+        if old is not None:
+            self._slices_by_service.get((old.namespace, old.service), set()).discard(old.key)
+            self._refresh((old.namespace, old.service))
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    def _refresh(self, key: tuple[str, str]) -> None:
+        changed: set[str] = set()
+        self._apply(("service", *key), self._service_records(key), changed)
+        self._commit(changed)
+
+    def _commit(self, changed: set[str]) -> None:
+        if not changed:
+            return
+        self.serial = max(self.serial + 1, int(time.time())) & 0xFFFFFFFF
+        self._notify(changed)
+
+    def _notify(self, changed: set[str]) -> None:
+        for callback in self._subscribers:
+            callback(changed)
+
+    def _in_served_zone(self, name: str) -> bool:
+        return self.find_apex(name) is not None
+
+    def _apply(self, owner: Owner, new: Records, changed: set[str]) -> None:
+        """Replace one owner's contribution by `new`, recording every owner name that changed."""
+        old = self._contributions.get(owner, {})
+        if old == new:
+            return
+        for name in old.keys() - new.keys():
+            self._withdraw(owner, name, old[name])
+            changed.add(name)
+        for name, types in new.items():
+            previous = old.get(name)
+            if previous == types:
+                continue
+            if previous is None:
+                self._present[name] = self._present.get(name, 0) + 1
+                if self._present[name] == 1:
+                    self._adjust_ancestors(name, +1)
+            else:
+                self._remove_types(owner, name, previous)
+            by_type = self._names.setdefault(name, {})
+            for rtype, rrset in types.items():
+                by_type.setdefault(rtype, {})[owner] = rrset
+            if not by_type:
+                del self._names[name]
+            changed.add(name)
+        if new:
+            self._contributions[owner] = new
+        else:
+            self._contributions.pop(owner, None)
+
+    def _withdraw(self, owner: Owner, name: str, types: dict[int, tuple[int, tuple[Rdata, ...]]]) -> None:
+        self._remove_types(owner, name, types)
+        count = self._present[name] - 1
+        if count:
+            self._present[name] = count
+        else:
+            del self._present[name]
+            self._adjust_ancestors(name, -1)
+
+    def _remove_types(self, owner: Owner, name: str, types: dict[int, tuple[int, tuple[Rdata, ...]]]) -> None:
+        by_type = self._names.get(name)
+        if by_type is None:
+            return
+        for rtype in types:
+            by_owner = by_type.get(rtype)
+            if by_owner is not None:
+                by_owner.pop(owner, None)
+                if not by_owner:
+                    del by_type[rtype]
+        if not by_type:
+            del self._names[name]
+
+    def _adjust_ancestors(self, name: str, delta: int) -> None:
+        """Count `name` in every ancestor strictly between it and its zone's apex (ENT bookkeeping)."""
+        if name in self._apex_names:
+            return
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            ancestor = ".".join(labels[i:])
+            count = self._below.get(ancestor, 0) + delta
+            if count:
+                self._below[ancestor] = count
+            else:
+                self._below.pop(ancestor, None)
+            if ancestor in self._apex_names:
+                break
+
+    def _static_records(self) -> Records:
+        """Apex NS (+ glue) of every zone and `dns-version` TXT; SOA is synthesized on demand."""
+        records: Records = {}
+        ttl = self.config.ttl
+        ns_names = tuple(ns.name for ns in self.config.nameserver)
+        for zone in self.apexes:
+            records.setdefault(zone.name, {})[NS] = (ttl, ns_names)
+        for ns in self.config.nameserver:
+            for address in ns.addresses:
+                rtype, packed = _pack(str(address))
+                types = records.setdefault(ns.name, {})
+                prev = types.get(rtype, (ttl, ()))[1]
+                types[rtype] = (ttl, (*prev, packed))
+        records.setdefault(f"dns-version.{self.cluster_domain}", {})[TXT] = (ttl, (txt_rdata(SCHEMA_VERSION),))
+        return records
+
+    def _service_records(self, key: tuple[str, str]) -> Records:
+        service = self.services.get(key)
+        if service is None or not service.expose:
+            return {}
+        slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
+        return records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+
+
+def records_for_service(
+    service: ServiceRecord,
+    slices: list[SliceRecord],
+    cluster_domain: str,
+    default_ttl: int,
+    in_zone: Callable[[str], bool],
+) -> Records:
+    """Every record one Service contributes, per the Kubernetes DNS specification with zone = Z."""
+    ttl = default_ttl if service.ttl is None else service.ttl
+    base = f"{service.name}.{service.namespace}.svc.{cluster_domain}"
+    records: Records = {}
+
+    def add(name: str, rtype: int, rdata: Rdata) -> None:
+        types = records.setdefault(name, {})
+        prev = types.get(rtype, (ttl, ()))[1]
+        if rdata not in prev:
+            types[rtype] = (ttl, (*prev, rdata))
+
+    def add_ptr(address: str, target: str) -> None:
+        name = reverse_name(address)
+        if in_zone(name):
+            add(name, PTR, target)
+
+    if service.external_name is not None:
+        add(base, CNAME, service.external_name)
+        return records
+
+    if not service.headless:
+        for address in service.addresses:
+            rtype, packed = _pack(address)
+            add(base, rtype, packed)
+            add_ptr(address, base)
+        if service.addresses:
+            for port in service.ports:
+                add(f"_{port.name}._{port.protocol}.{base}", SRV, (0, 100, port.port, base))
+        return records
+
+    # Headless: the ready endpoints (all of them with publishNotReadyAddresses), from every slice.
+    for address in service.addresses:  # externalIPs / LB ingress of a headless service
+        rtype, packed = _pack(address)
+        add(base, rtype, packed)
+        add_ptr(address, base)
+    for slice_record in slices:
+        for endpoint in slice_record.endpoints:
+            if not (endpoint.ready or service.publish_not_ready):
+                continue
+            for address in endpoint.addresses:
+                hostname = endpoint.hostname or endpoint_label(address)
+                target = f"{hostname}.{base}"
+                rtype, packed = _pack(address)
+                add(base, rtype, packed)
+                add(target, rtype, packed)
+                add_ptr(address, target)
+                for port in slice_record.ports:
+                    add(f"_{port.name}._{port.protocol}.{base}", SRV, (0, 100, port.port, target))
+    return records

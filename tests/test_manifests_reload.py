@@ -1,0 +1,91 @@
+"""The manifests source follows its file: edits show within a second, broken edits keep old data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dns.rcode
+
+from tests.dnsd_process import DnsdProcess, rdata_texts
+
+Z = "c2.k8s.ooo"
+
+SERVICE = """apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec: {{clusterIP: "{ip}", clusterIPs: ["{ip}"]}}
+"""
+
+
+def _serial(proc: DnsdProcess) -> int:
+    return int(proc.query(Z, "SOA").answer[0][0].serial)
+
+
+def _wait_for(proc: DnsdProcess, name: str, expected: list[str], limit: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if rdata_texts(proc.query(name, "AAAA"), "AAAA") == expected:
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"{name} did not become {expected} within {limit}s")
+
+
+def test_edits_change_answers_within_a_second_and_serial_grows(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(SERVICE.format(ip="2001:db8:42::1"))
+    with DnsdProcess("--zone", Z, "--source", f"file:{path}", "--recursion", "off") as proc:
+        name = f"web.default.svc.{Z}"
+        assert rdata_texts(proc.query(name, "AAAA"), "AAAA") == ["2001:db8:42::1"]
+        before = _serial(proc)
+        path.write_text(SERVICE.format(ip="2001:db8:42::2"))
+        assert _wait_for(proc, name, ["2001:db8:42::2"], 1.0) < 1.0
+        assert _serial(proc) > before
+
+        # A broken edit: one clear error, the old answers stay.
+        mark = len(proc.lines)
+        path.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n")
+        line = proc.wait_for_log(r"ERROR .*cluster\.yaml: invalid YAML at line \d+.*keeping the last good data",
+                                 timeout=3, start=mark)
+        assert "Traceback" not in proc.output()
+        time.sleep(0.6)
+        assert rdata_texts(proc.query(name, "AAAA"), "AAAA") == ["2001:db8:42::2"]
+        assert sum("invalid YAML" in entry for entry in proc.lines[mark:]) == 1, line
+
+        # The file vanishing is a source error too; data stays.
+        path.unlink()
+        time.sleep(0.6)
+        assert rdata_texts(proc.query(name, "AAAA"), "AAAA") == ["2001:db8:42::2"]
+
+        # Fixed again: new data is served.
+        path.write_text(SERVICE.format(ip="2001:db8:42::3"))
+        _wait_for(proc, name, ["2001:db8:42::3"], 1.0)
+
+        # Removing the service makes it NXDOMAIN.
+        path.write_text("")
+        deadline = time.monotonic() + 1.0
+        while proc.query(name, "AAAA").rcode() != dns.rcode.NXDOMAIN:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+def test_invalid_objects_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        SERVICE.format(ip="2001:db8:42::1")
+        + "---\napiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name!, namespace: default}\n"
+        "spec: {clusterIP: 2001:db8:42::9}\n"
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: ttl-bad\n  namespace: default\n"
+        "  annotations: {dnsd.k8s.ooo/ttl: soon}\nspec: {clusterIP: 2001:db8:42::8}\n"
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: default}\n"
+        "spec: {type: ExternalName, externalName: 'not a name'}\n"
+    )
+    with DnsdProcess("--zone", Z, "--source", f"file:{path}", "--recursion", "off") as proc:
+        assert rdata_texts(proc.query(f"web.default.svc.{Z}", "AAAA"), "AAAA") == ["2001:db8:42::1"]
+        proc.wait_for_log(r"WARNING .*Bad_Name!.*not a valid DNS label")
+        proc.wait_for_log(r"WARNING .*dnsd.k8s.ooo/ttl='soon'")
+        proc.wait_for_log(r"WARNING .*externalName 'not a name'")
+        ttl_bad = proc.query(f"ttl-bad.default.svc.{Z}", "AAAA")
+        assert ttl_bad.answer[0].ttl == 30  # the bad annotation is ignored, not the service
+        assert proc.query(f"ext.default.svc.{Z}", "CNAME").rcode() == dns.rcode.NXDOMAIN
+        assert "Traceback" not in proc.output()

@@ -131,6 +131,8 @@ class DnsdProcess:
                 self.proc.wait(5)
         if self._reader is not None:
             self._reader.join(2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def __enter__(self) -> DnsdProcess:

@@ -1,0 +1,295 @@
+"""Recursive resolution for names outside dnsd's zones, with DNS64 (RFC 6147) applied on the way out.
+
+`Recursor` is what the handler calls for a client allowed to recurse: `answer` returns complete
+response bytes (`answer_with_source` also says whether it came from the cache, DNS64 or upstream,
+for the contract's `source` metric label), `resolve` returns records for chasing an in-zone CNAME
+that points outside. Both go
+through one cache (`cache.Cache`, positive and RFC 2308 negative answers, TTLs counting down) in
+front of one engine: `iterator.Iterator` (from the root hints) or `forwarder.Forwarder`. Concurrent
+identical lookups share one resolution, and every client query has a time limit and a work budget.
+
+DNS64 lives here rather than in the handler because it needs a second lookup (the A query) and the
+negative AAAA answer's SOA; `dnsd.dns64` holds the rules as pure functions and this module only
+sequences them. The handler never calls `answer` for names in dnsd's own zones, but synthesis is
+skipped for them anyway (defence in depth: a zone's own AAAA-less names must stay AAAA-less).
+
+Not here: ACLs, rate limiting, metrics per query (the handler's), DNSSEC validation (answers never
+carry AD; DO+CD queries get unsynthesized answers, RFC 6147 5.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+
+from dnsd import dns64, metrics
+from dnsd.config import Config
+from dnsd.recursor import hints as root_hints
+from dnsd.recursor import upstream
+from dnsd.recursor.cache import Answer, Cache
+from dnsd.recursor.chain import Budget, ResolveError
+from dnsd.recursor.forwarder import Forwarder
+from dnsd.recursor.iterator import Iterator
+from dnsd.recursor.message import (
+    AAAA,
+    CLASS_IN,
+    CNAME,
+    NOERROR,
+    NXDOMAIN,
+    PTR,
+    RR,
+    SOA,
+    A,
+    encode_rr,
+    key,
+    soa_minimum,
+    text,
+    to_wire,
+)
+from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, opt_record
+
+_HEADER = struct.Struct("!HHHHHH")
+
+
+class CacheMiss(Exception):  # control flow for RD=0 queries, not an error
+    """A query without RD asked for something that is not cached."""
+
+
+@dataclass(slots=True)
+class _Trace:
+    """What one client query caused: for the handler's `source` metric label."""
+
+    upstream: bool = False
+    synthesized: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Recursion knobs that are not (yet) command-line options; tests shorten the timeouts."""
+
+    timeout: float = 1.5            # one upstream try
+    retries: int = 1                # extra rounds over a zone's servers / the forwarders
+    query_timeout: float = 6.0      # a whole client query (RFC 1035 7.2: give up eventually)
+    port: int = 53                  # name servers' port in iterate mode
+    cache_entries: int = 100_000
+    cache_bytes: int = 64 * 1024 * 1024
+
+
+class Recursor:
+    """Resolver facade for the handler; see the module docstring."""
+
+    def __init__(self, config: Config, settings: Settings | None = None) -> None:
+        self.config = config
+        self.settings = settings = settings or Settings()
+        self.cache = Cache(settings.cache_entries, settings.cache_bytes)
+        self.infra = upstream.Infra()
+        self.nat64 = upstream.Nat64(config.dns64_prefix)
+        self.policy = dns64.Policy(config.dns64_prefix, config.dns64_exclude,
+                                   config.dns64_allow_nonglobal)
+        self.dns64 = not config.no_dns64
+        self.engine: Iterator | Forwarder | None = None
+        if config.recursion == "forward":
+            self.engine = Forwarder(config.forwarder, self.infra, timeout=settings.timeout,
+                                    retries=settings.retries)
+        elif config.recursion == "iterate":
+            self.engine = Iterator(self.cache, self.infra, self.nat64,
+                                   root_hints.load(config.root_hints), port=settings.port,
+                                   timeout=settings.timeout, retries=settings.retries)
+        self._inflight: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
+
+    async def start(self) -> None:
+        """Nothing to open: every upstream query uses its own socket (random port per query)."""
+
+    async def close(self) -> None:
+        for future in self._inflight.values():
+            future.cancel()
+        self._inflight.clear()
+
+    def forwarder_order(self) -> list[tuple[str, int]]:
+        """Forwarders in the order the next query would try them (health, then RTT)."""
+        return self.engine.order() if isinstance(self.engine, Forwarder) else []
+
+    # ---- the handler's interface ------------------------------------------------------------
+
+    async def answer(self, query: Query, limit: int) -> bytes:
+        """Complete response bytes for `query` (see the handler contract in the module docstring)."""
+        return (await self.answer_with_source(query, limit))[0]
+
+    async def answer_with_source(self, query: Query, limit: int) -> tuple[bytes, str]:
+        """Like `answer`, plus where it came from for the handler's metrics: "cache" (no upstream
+        query was needed), "dns64" (synthesized), "recursion", "refused" or "error"."""
+        if query.qclass != CLASS_IN or self.engine is None:
+            return self._encode(query, REFUSED, (), (), limit), "refused"
+        trace = _Trace()
+        try:
+            async with asyncio.timeout(self.settings.query_timeout):
+                result = await self._answer(query, trace)
+        except CacheMiss:
+            return self._encode(query, REFUSED, (), (), limit), "refused"
+        except (ResolveError, TimeoutError):
+            return self._encode(query, SERVFAIL, (), (), limit), "error"
+        source = "dns64" if trace.synthesized else "recursion" if trace.upstream else "cache"
+        return self._encode(query, result.rcode, result.answer, result.authority, limit), source
+
+    async def resolve(self, qname: str, qtype: int) -> tuple[int, list[tuple[str, int, int, bytes]]]:
+        """(rcode, [(owner, type, ttl, uncompressed rdata)]) for a name outside dnsd's zones."""
+        try:
+            async with asyncio.timeout(self.settings.query_timeout):
+                result = await self._lookup(to_wire(qname), qtype, False, _Trace())
+        except (ResolveError, TimeoutError, ValueError):
+            return SERVFAIL, []
+        return result.rcode, [(text(rr.owner), rr.rtype, rr.ttl, rr.rdata) for rr in result.answer]
+
+    # ---- resolution -------------------------------------------------------------------------
+
+    async def _answer(self, query: Query, trace: _Trace) -> Answer:
+        name = key(query.qname_wire)
+        qtype = query.qtype
+        cache_only = not query.rd
+        synthesis = self.dns64 and not dns64.under(query.qname, self.config.zone)
+        if synthesis:
+            local = dns64.ipv4only_answer(query.qname, qtype, self.policy)
+            if local is not None:
+                trace.synthesized = qtype == AAAA
+                return self._ipv4only(name, qtype, local)
+            if qtype == PTR:
+                target = dns64.ptr_target(query.qname, self.policy)
+                if target is not None:
+                    trace.synthesized = True
+                    return await self._ptr(name, to_wire(target), cache_only, trace)
+        if not (synthesis and dns64.wants_synthesis(qtype, query.edns_do, query.cd)):
+            return await self._lookup(name, qtype, cache_only, trace)
+        try:
+            aaaa = await self._lookup(name, qtype, cache_only, trace)
+        except ResolveError:
+            # RFC 6147 5.1.3: an error other than NXDOMAIN is treated like an empty answer, so
+            # that names behind servers that fail AAAA queries still get synthesized addresses
+            aaaa = Answer(SERVFAIL)
+        result = await self._synthesize(name, aaaa, cache_only, trace)
+        if result.rcode == SERVFAIL:
+            raise ResolveError("aaaa")
+        return result
+
+    async def _lookup(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace) -> Answer:
+        """The full answer for (name, qtype): cache first, then one shared resolution."""
+        cached = self.cache.get(name, qtype)
+        if cached is not None:
+            return cached
+        if cache_only:
+            raise CacheMiss
+        trace.upstream = True
+        k = (key(name), qtype)
+        pending = self._inflight.get(k)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we ourselves are being cancelled
+                raise ResolveError("cancelled") from None  # the lookup we joined was cancelled
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[k] = future
+        try:
+            if self.engine is None:
+                raise ResolveError("off")
+            result = await self.engine.lookup(name, qtype, Budget())
+            self.cache.put(name, qtype, result)
+            if result.rcode == NXDOMAIN and not result.answer:
+                self.cache.put(name, 0, result)
+            future.set_result(result)
+            return result
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._inflight[k]
+
+    async def _synthesize(self, name: bytes, aaaa: Answer, cache_only: bool,
+                          trace: _Trace) -> Answer:
+        """RFC 6147 section 5.1: decide on synthesis for one AAAA answer and do it."""
+        if aaaa.rcode == NXDOMAIN:
+            return aaaa  # 5.1.2: a name error is passed through, the A query is not even sent
+        addresses = [rr for rr in aaaa.answer if rr.rtype == AAAA]
+        usable = [rr for rr in addresses if not dns64.is_excluded(rr.rdata, self.policy)]
+        if aaaa.rcode == NOERROR and usable:
+            if len(usable) == len(addresses):
+                return aaaa
+            # 5.1.4: excluded addresses are removed from an answer that has others
+            return Answer(aaaa.rcode, tuple(rr for rr in aaaa.answer if rr.rtype != AAAA
+                                            or rr in usable), aaaa.authority)
+        # 5.1.6/5.1.7: the SOA of the negative AAAA answer bounds the synthesized TTL
+        soa = next(((rr.ttl, soa_minimum(rr.rdata)) for rr in aaaa.authority if rr.rtype == SOA),
+                   None)
+        try:
+            a = await self._lookup(name, A, cache_only, trace)
+        except (CacheMiss, ResolveError):
+            return aaaa  # no A answer: the AAAA answer stands as it was
+        if a.rcode != NOERROR:
+            return aaaa
+        synthesized: list[RR] = []
+        for rr in a.answer:
+            if rr.rtype != A:
+                synthesized.append(rr)  # the CNAME/DNAME chain is kept as it was (5.1.6: other
+                continue                # records of the A answer are copied unchanged)
+            for rdata in dns64.synthesize([rr.rdata], self.policy):
+                synthesized.append(RR(rr.owner, AAAA, CLASS_IN,
+                                      dns64.synthesized_ttl(rr.ttl, soa), rdata))
+        if not any(rr.rtype == AAAA for rr in synthesized):
+            return aaaa  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
+        metrics.DNS64_SYNTHESIZED.labels(kind="aaaa").inc()
+        trace.synthesized = True
+        return Answer(NOERROR, tuple(synthesized), ())
+
+    async def _ptr(self, name: bytes, target: bytes, cache_only: bool, trace: _Trace) -> Answer:
+        """RFC 6147 5.3.1: alias the prefix's ip6.arpa name to in-addr.arpa and resolve that."""
+        result = await self._lookup(target, PTR, cache_only, trace)
+        ttls = [rr.ttl for rr in (*result.answer, *result.authority)]
+        ttl = min([dns64.NO_SOA_TTL_CAP, *ttls])
+        alias = RR(name, CNAME, CLASS_IN, ttl, target)
+        metrics.DNS64_SYNTHESIZED.labels(kind="ptr").inc()
+        return Answer(result.rcode, (alias, *result.answer), result.authority)
+
+    def _ipv4only(self, name: bytes, qtype: int, local: tuple[int, list[bytes]]) -> Answer:
+        """RFC 8880 7.2: ipv4only.arpa answered locally, never sent upstream."""
+        rcode, rdatas = local
+        records = tuple(RR(name, qtype, CLASS_IN, dns64.IPV4ONLY_TTL, r) for r in rdatas)
+        if qtype == AAAA and records:
+            metrics.DNS64_SYNTHESIZED.labels(kind="ipv4only").inc()
+        soa = () if records else (_ipv4only_soa(),)
+        return Answer(rcode, records, soa)
+
+    # ---- encoding ---------------------------------------------------------------------------
+
+    def _encode(self, query: Query, rcode: int, answer: tuple[RR, ...],
+                authority: tuple[RR, ...], limit: int) -> bytes:
+        """Response bytes: question echoed as asked, RD/CD echoed, RA set, OPT iff the query had
+        one, owners equal to the qname compressed to 0xC00C; TC with no records when over `limit`."""
+        flags = QR | RA | (query.flags & (RD | CD)) | (rcode & 0xF)
+        question = query.qname_wire + struct.pack("!HH", query.qtype, query.qclass)
+        opt = opt_record(self.config.edns_udp_size, query.edns_do) if query.edns else b""
+        qkey = key(query.qname_wire)
+        body = bytearray()
+        for rr in (*answer, *authority):
+            body += encode_rr(rr, owner=b"\xc0\x0c" if key(rr.owner) == qkey else None)
+        arcount = 1 if opt else 0
+        if 12 + len(question) + len(body) + len(opt) > limit:
+            header = _HEADER.pack(query.id, flags | TC, 1, 0, 0, arcount)
+            return header + question + opt
+        header = _HEADER.pack(query.id, flags, 1, len(answer), len(authority), arcount)
+        return header + question + bytes(body) + opt
+
+
+def _ipv4only_soa() -> RR:
+    """The SOA of the IANA ipv4only.arpa zone, for local negative answers (RFC 8880 7.2)."""
+    rdata = (to_wire("a.iana-servers.net") + to_wire("nstld.iana.org")
+             + struct.pack("!IIIII", 2015081200, 7200, 3600, 604800, 3600))
+    return RR(to_wire(dns64.IPV4ONLY_ARPA), SOA, CLASS_IN, 3600, rdata)
+
+
+__all__ = ["Recursor", "Settings", "CacheMiss"]

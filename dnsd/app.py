@@ -69,10 +69,13 @@ class App:
             logger.warning("recursion %r requested but the recursor is not available; answering "
                            "REFUSED outside the zone", self.config.recursion)
             return None
-        recursor = RecursorImpl(self.config)
+        try:
+            recursor = RecursorImpl(self.config)
+        except ValueError as exc:  # a bad --root-hints file, or forward mode without forwarders
+            raise StartupError(f"recursion: {exc}") from None
         await recursor.start()
         self.recursor = recursor
-        return recursor  # type: ignore[no-any-return]
+        return recursor
 
     async def _start_source(self) -> None:
         config = self.config
@@ -131,7 +134,8 @@ class App:
                 if task.done() and not task.cancelled():
                     exc = task.exception()
                     if exc is not None:
-                        logger.error("%s stopped: %s", task.get_name(), exc)
+                        if not isinstance(exc, StartupError):  # the CLI prints start-up errors once
+                            logger.error("%s stopped: %s", task.get_name(), exc)
                         self.failure = exc
                         self.stopping.set()
                         return

@@ -35,6 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
+    if config.workers > 1:
+        # Issue "fast path, multi-core workers" adds the worker processes; until then say so plainly.
+        logging.getLogger("dnsd").warning("workers: %d requested, but this version runs one process",
+                                          config.workers)
+    if config.rrl_responses_per_second:
+        logging.getLogger("dnsd").warning(
+            "rrl_responses_per_second: response rate limiting is not implemented in this version; not limiting")
     try:
         return int(runner(serve(config)))
     except StartupError as exc:

@@ -51,7 +51,7 @@ Reply = bytes | None | Coroutine[Any, Any, bytes | None]
 class Recursor(Protocol):
     """What the handler needs from the recursive resolver (dnsd.recursor.Recursor)."""
 
-    async def answer(self, query: wire.Query, limit: int) -> bytes: ...
+    async def answer_with_source(self, query: wire.Query, limit: int) -> tuple[bytes, str]: ...
 
 
 class Acl:
@@ -234,10 +234,11 @@ class Handler:
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,
                                 wire.SERVFAIL, "error", transport, started, host)
         if result is None:
-            if self.recursor is not None and may_recurse and query.rd:
+            if self.recursor is not None and may_recurse:  # RD clear: the recursor answers from cache only
                 return self._recurse(query, limit, transport, started, host)
             reply = wire.encode_error(query, wire.REFUSED, ra, self.edns_size)
-            self._maybe_store(data, host, reply, None, query, wire.REFUSED, "refused")
+            if not ra:  # with recursion available, RD (not part of the key) decides: never store
+                self._maybe_store(data, host, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         full = wire.encode(query, result.response, ra, 65535, self.edns_size)
         rcode = result.response.rcode
@@ -262,12 +263,12 @@ class Handler:
         if self.recursor is None:  # only called when recursion is configured
             return None
         try:
-            reply = await self.recursor.answer(query, limit)
+            reply, source = await self.recursor.answer_with_source(query, limit)
         except Exception:
             logger.exception("recursion failed for %s/%d", query.qname, query.qtype)
-            reply = wire.encode_error(query, wire.SERVFAIL, True, self.edns_size)
+            reply, source = wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), "error"
         rcode = reply[3] & 0xF if len(reply) >= 4 else wire.SERVFAIL
-        return self._finish(reply, query, rcode, "recursion", transport, started, host)
+        return self._finish(reply, query, rcode, source, transport, started, host)
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:

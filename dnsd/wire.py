@@ -76,7 +76,7 @@ class Query:
         return bool(self.flags & CD)
 
 
-def _read_name(data: bytes, offset: int, allow_pointers: bool) -> tuple[bytes, int]:
+def read_name(data: bytes, offset: int, allow_pointers: bool) -> tuple[bytes, int]:
     """Read a possibly compressed name; returns (uncompressed wire name, offset after it)."""
     out = bytearray()
     end = -1
@@ -154,7 +154,7 @@ def parse_query(data: bytes) -> Query:
     query = Query(id=ident, flags=flags, opcode=(flags >> 11) & 0xF)
     if qdcount == 1:
         try:
-            wire, offset = _read_name(data, 12, allow_pointers=False)
+            wire, offset = read_name(data, 12, allow_pointers=False)
             if offset + 4 > len(data):
                 raise ValueError("question runs past the end")
             query.qtype, query.qclass = _TYPE_CLASS.unpack_from(data, offset)
@@ -176,7 +176,7 @@ def parse_query(data: bytes) -> Query:
             offset = _skip_rr(data, offset)
         seen_opt = False
         for _ in range(arcount):
-            wire, after_name = _read_name(data, offset, allow_pointers=True)
+            wire, after_name = read_name(data, offset, allow_pointers=True)
             if after_name + 10 > len(data):
                 raise ValueError("record runs past the end")
             rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, after_name)
@@ -206,7 +206,7 @@ def parse_query(data: bytes) -> Query:
 
 
 def _skip_rr(data: bytes, offset: int) -> int:
-    _, offset = _read_name(data, offset, allow_pointers=True)
+    _, offset = read_name(data, offset, allow_pointers=True)
     if offset + 10 > len(data):
         raise ValueError("record runs past the end")
     rdlength = (data[offset + 8] << 8) | data[offset + 9]

@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from dnsd import wire
 from dnsd.wire import wire_to_text
 
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, DNAME, OPT = 1, 2, 5, 6, 12, 15, 16, 28, 33, 39, 41
@@ -168,38 +169,14 @@ def build_query(ident: int, qname: bytes, qtype: int, *, rd: bool, edns_size: in
 
 
 def read_name(data: bytes, offset: int) -> tuple[bytes, int]:
-    """Read a possibly compressed name: (uncompressed wire name, offset after it in `data`)."""
-    out = bytearray()
-    end = -1
-    hops = 0
-    while True:
-        if offset >= len(data):
-            raise MessageError("name runs past the end")
-        length = data[offset]
-        if length == 0:
-            out.append(0)
-            offset += 1
-            break
-        if length & 0xC0 == 0xC0:
-            if offset + 1 >= len(data):
-                raise MessageError("truncated pointer")
-            target = ((length & 0x3F) << 8) | data[offset + 1]
-            if end < 0:
-                end = offset + 2
-            hops += 1
-            if hops > 127 or target >= offset:
-                raise MessageError("compression loop")
-            offset = target
-            continue
-        if length & 0xC0:
-            raise MessageError("unknown label type")
-        if offset + 1 + length > len(data):
-            raise MessageError("label runs past the end")
-        out += data[offset : offset + 1 + length]
-        offset += 1 + length
-        if len(out) > 255:
-            raise MessageError("name longer than 255 octets")
-    return bytes(out), (end if end >= 0 else offset)
+    """Read a possibly compressed name: (uncompressed wire name, offset after it in `data`).
+
+    The authoritative side's reader does the work; here its ValueError becomes a MessageError.
+    """
+    try:
+        return wire.read_name(data, offset, allow_pointers=True)
+    except ValueError as exc:
+        raise MessageError(str(exc)) from None
 
 
 def _rdata(data: bytes, rtype: int, start: int, end: int) -> bytes:

@@ -15,11 +15,8 @@ import functools
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ import pytest
 import yaml
 
 from dnsd import config as dnsd_config
+from tests.started_dnsd import free_port, query_soa, stop
 
 # The first test to ask for helm may download it (about 60 MB); every subprocess has its own timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -658,48 +656,3 @@ def test_notes_print_the_delegation_and_coredns_stanza(helm: str) -> None:
     )
     assert re.search(r"ns1\.example\.org\.\s+IN\s+AAAA\s+2001:db8::99", lb)
     assert "WARNING" not in lb
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers for running dnsd
-
-
-def free_port() -> int:
-    """A loopback port free for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port")
-
-
-def query_soa(
-    process: subprocess.Popen[bytes], port: int, zone: str, log: Path, deadline: float = 30.0
-) -> dns.message.Message:
-    """Ask 127.0.0.1:port for the zone's SOA over UDP until dnsd answers (bounded by `deadline`)."""
-    query = dns.message.make_query(zone, "SOA")
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            pytest.fail(f"dnsd exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            return dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
-        except (dns.exception.Timeout, OSError):
-            time.sleep(0.1)
-    pytest.fail(f"no answer from dnsd within {deadline}s:\n{log.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)

@@ -17,11 +17,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import dns.rdatatype
 import pytest
 
 import dnsd
+from tests.started_dnsd import free_port, query_soa, stop
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -366,7 +364,7 @@ def test_installed_dnsd_answers_the_zone_soa(installed: Path, tmp_path: Path) ->
             command, cwd=tmp_path, env=final_env(installed), stdout=out, stderr=subprocess.STDOUT
         )
         try:
-            udp = query_soa(process, port, log)
+            udp = query_soa(process, port, ZONE, log)
             tcp = dns.query.tcp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=port, timeout=5)
         finally:
             returncode = stop(process)
@@ -377,49 +375,3 @@ def test_installed_dnsd_answers_the_zone_soa(installed: Path, tmp_path: Path) ->
         assert answer.rdtype == dns.rdatatype.SOA
         assert answer.name.to_text(omit_final_dot=True) == ZONE
     assert returncode == 0, log.read_text(errors="replace")
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers for running dnsd
-
-
-def free_port() -> int:
-    """A loopback port free for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port")
-
-
-def query_soa(process: subprocess.Popen[bytes], port: int, log: Path, deadline: float = 30.0) -> dns.message.Message:
-    """Ask 127.0.0.1:port for the zone's SOA over UDP until dnsd answers (bounded by `deadline`)."""
-    query = dns.message.make_query(ZONE, "SOA")
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            pytest.fail(f"dnsd exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            return dns.query.udp(query, "127.0.0.1", port=port, timeout=0.5)
-        except (dns.exception.Timeout, OSError):
-            time.sleep(0.1)
-    pytest.fail(f"no answer from dnsd within {deadline}s:\n{log.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM, then the exit status (None when it had to be killed)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-            return None
-    return process.returncode

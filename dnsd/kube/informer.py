@@ -5,10 +5,11 @@ is the whole cluster, or one namespace per `--namespaces` entry, so that a names
 needs only a Role per namespace. Each informer loops forever (kopf's `continuous_watch` shape):
 
 1. LIST in pages (`limit` + `continue`). The pages are slimmed as they arrive (`kube.model`), and
-   only when the last page is in does the result replace this informer's share of the zone, in one
-   `ZoneIndex.replace` call that also passes the zone's current objects of the other kind and of
-   other scopes. `replace` diffs, so names that did not change never vanish, and until the new list
-   is complete the zone keeps serving the old data (a relist after 410 has no gap).
+   only when the last page is in does the result replace this informer's share of the zone (its
+   kind, its scope) through `ZoneIndex.resync_*`. That diffs, so names that did not change never
+   vanish, and until the new list is complete the zone keeps serving the old data (a relist after
+   410 has no gap); it yields to the event loop every thousand objects, so a relist of a large
+   cluster does not stall answers.
 2. WATCH from the list's resourceVersion with bookmarks. Every event is applied at once with
    `put_*`/`delete_*` (cost proportional to the one object); its resourceVersion, or a bookmark's,
    becomes the point to resume from. The server ends the watch after `timeoutSeconds` (jittered, as
@@ -40,7 +41,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -378,13 +379,9 @@ class _Informer:
         records, rv = await self._list()
         zone = self._zone
         if self.kind is SERVICES:
-            services = [r for r in records if isinstance(r, ServiceRecord)]
-            services.extend(self._others(zone.services.values()))
-            zone.replace(services, list(zone.slices.values()), zone.namespaces)
+            await zone.resync_services([r for r in records if isinstance(r, ServiceRecord)], self.namespace)
         else:
-            slices = [r for r in records if isinstance(r, SliceRecord)]
-            slices.extend(self._others(zone.slices.values()))
-            zone.replace(list(zone.services.values()), slices, zone.namespaces)
+            await zone.resync_slices([r for r in records if isinstance(r, SliceRecord)], self.namespace)
         self.resource_version = rv
         metrics.SOURCE_LAST_SYNC.labels(self.kind.label).set(time.time())
         logger.debug(
@@ -397,12 +394,6 @@ class _Informer:
         )
         self._healthy()
         self._on_listed(self, len(records))
-
-    def _others(self, current: Iterable[R]) -> list[R]:
-        """Objects of this kind that belong to other informers (other namespaces): kept as they are."""
-        if self.namespace is None:
-            return []
-        return [r for r in current if r.namespace != self.namespace]
 
     def _convert(self, obj: Any, invalid: set[tuple[str, str]]) -> Record | None:
         """Slim one API object; an unservable one is logged once (until it changes) and skipped."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,10 +98,28 @@ def _meta(obj: dict[str, Any], kind: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def _check_label(value: str, what: str, ident: str) -> str:
+    """The label lower-cased and interned: namespaces and service names repeat across thousands of
+    records (every slice names its service), so one shared string each keeps a large cluster small."""
     lowered = value.lower()
     if not _DNS_LABEL.match(lowered):
         raise InvalidObject(f"{ident}: {what} {value!r} is not a valid DNS label")
-    return lowered
+    return sys.intern(lowered)
+
+
+#: Every distinct Port ever seen, so that 50,000 services with `http/tcp/80` share one object.
+_PORTS: dict[tuple[str, str, int], Port] = {}
+#: Past this many distinct ports the table stops growing (new ones are simply not shared).
+_MAX_SHARED_PORTS = 65_536
+
+
+def _port(name: str, protocol: str, number: int) -> Port:
+    key = (name, protocol, number)
+    port = _PORTS.get(key)
+    if port is None:
+        port = Port(sys.intern(name), sys.intern(protocol), number)
+        if len(_PORTS) < _MAX_SHARED_PORTS:
+            _PORTS[key] = port
+    return port
 
 
 def _canonical_ip(value: Any) -> str | None:
@@ -131,7 +150,7 @@ def _ports(raw: Any, ident: str) -> tuple[Port, ...]:
         protocol = str(item.get("protocol") or "TCP").lower()
         if protocol not in ("tcp", "udp", "sctp"):
             continue
-        ports.append(Port(name.lower(), protocol, number))
+        ports.append(_port(name.lower(), protocol, number))
     return tuple(ports)
 
 

@@ -59,6 +59,9 @@ class App:
         metrics.SOURCE_SYNCED.set(1 if self.zone.synced else 0)
         if self.handler is not None:
             metrics.CACHE_ENTRIES.labels(cache="answers").set(self.handler.cached_responses)
+            metrics.RRL_BUCKETS.set(self.handler.rrl.buckets if self.handler.rrl is not None else 0)
+        if self.listeners is not None:
+            metrics.TCP_CONNECTIONS.set(self.listeners.tcp_state.total)
 
     async def _make_recursor(self) -> Recursor | None:
         if self.config.recursion == "off":
@@ -101,7 +104,8 @@ class App:
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor)
         await self._start_source()
-        self.listeners = Listeners(config.listen, self.handler.respond, config.tcp_idle_timeout)
+        self.listeners = Listeners(config.listen, self.handler.respond, config.tcp_idle_timeout,
+                                   config.tcp_max_connections, config.tcp_max_per_client)
         try:
             await self.listeners.start()
         except OSError as exc:

@@ -39,9 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Issue "fast path, multi-core workers" adds the worker processes; until then say so plainly.
         logging.getLogger("dnsd").warning("workers: %d requested, but this version runs one process",
                                           config.workers)
-    if config.rrl_responses_per_second:
-        logging.getLogger("dnsd").warning(
-            "rrl_responses_per_second: response rate limiting is not implemented in this version; not limiting")
     try:
         return int(runner(serve(config)))
     except StartupError as exc:

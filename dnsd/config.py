@@ -82,6 +82,10 @@ class Config:
     negative_ttl: int = 5
     edns_udp_size: int = 1232
     tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1024
+    tcp_max_per_client: int = 64
+    recursion_max_outstanding: int = 4096
+    recursion_max_per_client: int = 1024
     lame_duck: float = 5.0
     query_log_sample: float = 0.0
     dns64_exclude: tuple[ipaddress.IPv6Network, ...] = ()
@@ -376,6 +380,14 @@ OPTIONS: tuple[Option, ...] = (
            metavar="BITS"),
     Option("rrl_ipv6_prefix", parse_int(16, 128), "RRL client network size for IPv6 (default 56)",
            metavar="BITS"),
+    Option("tcp_max_connections", parse_int(1, 1_000_000), "TCP connections open at once (default 1024)",
+           metavar="N"),
+    Option("tcp_max_per_client", parse_int(1, 1_000_000), "TCP connections open at once per client address "
+           "(default 64)", metavar="N"),
+    Option("recursion_max_outstanding", parse_int(1, 1_000_000),
+           "recursive queries in progress at once; beyond it clients get SERVFAIL (default 4096)", metavar="N"),
+    Option("recursion_max_per_client", parse_int(1, 1_000_000),
+           "recursive queries in progress at once per client address (default 1024)", metavar="N"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

@@ -11,26 +11,36 @@ Two paths, one result:
   rules, asks the authority (or the recursor), encodes, and, when the result is a complete answer
   that the zone alone decided, stores it for the fast path. It is the reference: the tests run
   every zone query through both and compare the bytes.
+* Complete recursive answers (from the recursor's cache, upstream, or DNS64) are kept for the fast
+  path too, as `CachedAnswer`s whose TTLs count down with the clock (patched once a second per
+  entry, not per query) and which lapse when their shortest TTL does; only clients that may recurse
+  can hit them, because the access class is part of the key.
 
 Invalidation is exact: every stored response remembers the owner names it was built from, and the
 zone reports the names each change touched; responses carrying the SOA (negative answers, the apex)
 or the not-yet-synced SERVFAIL are dropped on every change, because the serial is in them.
+
+Limits live here too: response rate limiting for UDP clients outside --allow-recursion
+(`dnsd.rrl`), and a bound on recursive queries in progress, in total and per client, past which
+a query gets SERVFAIL at once instead of pinning more memory.
 
 This is the only place where problems become rcodes; nothing raised here reaches the transport.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
+import struct
 import time
-from collections.abc import Coroutine
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Protocol
 
-from dnsd import authority, wire
+from dnsd import authority, rrl, wire
 from dnsd.config import Config
-from dnsd.metrics import QueryStats, qtype_label, rcode_label
+from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
 from dnsd.zone import ZoneIndex
 
 logger = logging.getLogger(__name__)
@@ -45,7 +55,76 @@ _FLAG_EDNS, _FLAG_DO, _FLAG_CD, _FLAG_RECURSE = 1, 2, 4, 8
 _OPT_TYPE = b"\x00\x29"
 _ONE_QUESTION_ONLY = b"\x00\x01\x00\x00\x00\x00"
 
-Reply = bytes | None | Coroutine[Any, Any, bytes | None]
+Reply = bytes | None | Awaitable[bytes | None]
+Labels = tuple[str, str, str, str]
+_TTL = struct.Struct("!I")
+
+
+class CachedAnswer:
+    """A recursive answer held for the fast path: its TTLs count down from when it was stored.
+
+    `template` is the reply as first sent (RD clear); `ttl_offsets`/`ttls` locate and hold its TTLs.
+    `current` is the template with TTLs counted down to whole second `age`, rebuilt at most once
+    a second per entry, so a hit normally costs what a zone hit costs.
+    """
+
+    __slots__ = ("age", "current", "expires", "stored", "tcp_labels", "template", "ttl_offsets", "ttls",
+                 "udp_labels")
+
+    def __init__(self, template: bytes, stored: float, ttl_offsets: list[int], ttls: list[int],
+                 udp_labels: Labels, tcp_labels: Labels) -> None:
+        self.template = template
+        self.stored = stored
+        self.expires = stored + min(ttls)
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls
+        self.age = 0
+        self.current = template
+        self.udp_labels = udp_labels
+        self.tcp_labels = tcp_labels
+
+    def at(self, now: float) -> bytes | None:
+        """The reply template as of `now`, or None once its shortest TTL has run out."""
+        if now >= self.expires:
+            return None
+        age = int(now - self.stored)
+        if age != self.age:
+            buf = bytearray(self.template)
+            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+                _TTL.pack_into(buf, offset, ttl - age)
+            self.current = bytes(buf)
+            self.age = age
+        return self.current
+
+
+def ttl_positions(message: bytes, qend: int) -> tuple[list[int], list[int]] | None:
+    """Offsets and values of every record TTL after the question (OPT's is flags, not a TTL).
+
+    None when the message does not walk cleanly (it always should: we encoded it).
+    """
+    offsets: list[int] = []
+    ttls: list[int] = []
+    count = sum(struct.unpack_from("!HHH", message, 6))
+    offset = qend
+    length = len(message)
+    try:
+        for _ in range(count):
+            while True:  # skip the owner name: labels, then a zero or a pointer
+                label = message[offset]
+                if label & 0xC0 == 0xC0:
+                    offset += 2
+                    break
+                offset += 1 + label
+                if label == 0:
+                    break
+            rtype, _, ttl, rdlength = struct.unpack_from("!HHIH", message, offset)
+            if rtype != wire.OPT:
+                offsets.append(offset + 4)
+                ttls.append(ttl)
+            offset += 10 + rdlength
+    except (IndexError, struct.error):
+        return None
+    return (offsets, ttls) if offset == length else None
 
 
 class Recursor(Protocol):
@@ -93,10 +172,18 @@ class Handler:
         self.acl = Acl(config.allow_recursion)
         self.edns_size = config.edns_udp_size
         self.fast_path = True
-        self._responses: dict[bytes, tuple[bytes, tuple[str, str, str, str], tuple[str, str, str, str]]] = {}
+        self._responses: dict[bytes, tuple[bytes, Labels, Labels]] = {}
         self._keys_by_name: dict[str, list[bytes]] = {}
         self._volatile: set[bytes] = set()
+        self._recursive: dict[bytes, CachedAnswer] = {}
+        self._outstanding = 0
+        self._outstanding_by_client: dict[str, int] = {}
         self._query_log_sample = config.query_log_sample
+        self.rrl = (
+            rrl.RateLimiter(config.rrl_responses_per_second, config.rrl_slip, config.rrl_ipv4_prefix,
+                            config.rrl_ipv6_prefix)
+            if config.rrl_responses_per_second else None
+        )
         zone.subscribe(self.invalidate)
 
     # ---- cache ----------------------------------------------------------------------------------
@@ -114,7 +201,12 @@ class Handler:
     @property
     def cached_responses(self) -> int:
         """Number of pre-encoded responses held (for metrics and tests)."""
-        return len(self._responses)
+        return len(self._responses) + len(self._recursive)
+
+    @property
+    def outstanding(self) -> int:
+        """Recursive queries in progress (for tests of the limit)."""
+        return self._outstanding
 
     def _store(self, key: bytes, response: bytes, answer: authority.Answer, qtype: int, rcode: int,
                source: str) -> None:
@@ -135,11 +227,28 @@ class Handler:
 
     def respond(self, data: bytes, host: str, tcp: bool) -> Reply:
         """The response to one query: bytes, None to drop, or a coroutine when recursion is needed."""
-        if self.fast_path:
-            reply = self.fast(data, host, tcp)
-            if reply is not None:
-                return reply
-        return self.slow(data, host, tcp)
+        reply: Reply = self.fast(data, host, tcp) if self.fast_path else None
+        if reply is None:
+            reply = self.slow(data, host, tcp)
+        if self.rrl is not None and not tcp and isinstance(reply, bytes):
+            return self._rate_limit(reply, host)
+        return reply
+
+    def _rate_limit(self, reply: bytes, host: str) -> bytes | None:
+        """Apply RRL to a UDP reply for a client outside --allow-recursion (see dnsd.rrl)."""
+        if self.rrl is None or self.acl.allows(host):
+            return reply
+        qend = rrl.question_end(reply)
+        if not qend:
+            return reply  # no question to key on (FORMERR for a headless packet): small, let it go
+        decision = self.rrl.decide(host, rrl.token(reply, qend))
+        if decision == rrl.SEND:
+            return reply
+        if decision == rrl.SLIP:
+            self.stats.rate_limited("slipped")
+            return rrl.truncated(reply, qend)
+        self.stats.rate_limited("dropped")
+        return None
 
     def fast_key(self, data: bytes, host: str) -> tuple[bytes, int, int] | None:
         """(cache key, end of question, client's UDP limit) for a plain query, or None for anything else.
@@ -193,9 +302,19 @@ class Handler:
             return None
         key, qend, limit = found
         entry = self._responses.get(key)
-        if entry is None:
+        if entry is not None:
+            template, udp_labels, tcp_labels = entry
+        elif key[-1] & _FLAG_RECURSE:  # a cached recursive answer, TTLs counted down
+            cached = self._recursive.get(key)
+            if cached is None:
+                return None
+            current = cached.at(time.monotonic())
+            if current is None:
+                del self._recursive[key]
+                return None
+            template, udp_labels, tcp_labels = current, cached.udp_labels, cached.tcp_labels
+        else:
             return None
-        template, udp_labels, tcp_labels = entry
         if not tcp and len(template) > limit:
             return None
         labels = tcp_labels if tcp else udp_labels
@@ -235,7 +354,7 @@ class Handler:
                                 wire.SERVFAIL, "error", transport, started, host)
         if result is None:
             if self.recursor is not None and may_recurse:  # RD clear: the recursor answers from cache only
-                return self._recurse(query, limit, transport, started, host)
+                return self._start_recursion(data, query, limit, transport, started, host)
             reply = wire.encode_error(query, wire.REFUSED, ra, self.edns_size)
             if not ra:  # with recursion available, RD (not part of the key) decides: never store
                 self._maybe_store(data, host, reply, None, query, wire.REFUSED, "refused")
@@ -258,7 +377,37 @@ class Handler:
             result = authority.Answer(wire.Response(), set(), False, self.zone.apexes[0])
         self._store(found[0], reply, result, query.qtype, rcode, source)
 
-    async def _recurse(self, query: wire.Query, limit: int, transport: str, started: float,
+    def _start_recursion(self, data: bytes, query: wire.Query, limit: int, transport: str, started: float,
+                         host: str) -> Reply:
+        """Admit one recursive query under the outstanding limits, or answer SERVFAIL at once.
+
+        The limits bound the memory a flood of unanswerable names (or a slow upstream) can pin:
+        each admitted query holds a task and its resolution state until it completes.
+        """
+        per_client = self._outstanding_by_client.get(host, 0)
+        if self._outstanding >= self.config.recursion_max_outstanding:
+            LIMIT_HITS.labels("recursion_outstanding").inc()
+        elif per_client >= self.config.recursion_max_per_client:
+            LIMIT_HITS.labels("recursion_per_client").inc()
+        else:
+            self._outstanding += 1
+            self._outstanding_by_client[host] = per_client + 1
+            task = asyncio.ensure_future(self._recurse(data, query, limit, transport, started, host))
+            # a done callback runs even when the task is cancelled before it starts (client gone)
+            task.add_done_callback(lambda _task: self._release(host))
+            return task
+        return self._finish(wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), query,
+                            wire.SERVFAIL, "error", transport, started, host)
+
+    def _release(self, host: str) -> None:
+        self._outstanding -= 1
+        left = self._outstanding_by_client.get(host, 1) - 1
+        if left:
+            self._outstanding_by_client[host] = left
+        else:
+            self._outstanding_by_client.pop(host, None)
+
+    async def _recurse(self, data: bytes, query: wire.Query, limit: int, transport: str, started: float,
                        host: str) -> bytes | None:
         if self.recursor is None:  # only called when recursion is configured
             return None
@@ -268,7 +417,28 @@ class Handler:
             logger.exception("recursion failed for %s/%d", query.qname, query.qtype)
             reply, source = wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), "error"
         rcode = reply[3] & 0xF if len(reply) >= 4 else wire.SERVFAIL
+        if source in ("cache", "recursion", "dns64") and rcode in (wire.NOERROR, wire.NXDOMAIN):
+            self._store_recursive(data, host, reply, query.qtype, rcode, source)
         return self._finish(reply, query, rcode, source, transport, started, host)
+
+    def _store_recursive(self, data: bytes, host: str, reply: bytes, qtype: int, rcode: int, source: str) -> None:
+        """Keep a complete recursive answer for the fast path, to be served until its shortest TTL ends."""
+        if reply[2] & 0x02:  # truncated: the full answer needs TCP, the slow path handles that
+            return
+        found = self.fast_key(data, host)
+        if found is None:
+            return
+        key, qend, _ = found
+        positions = ttl_positions(reply, qend)
+        if positions is None or not positions[1] or min(positions[1]) <= 0:
+            return  # nothing says how long it stays true (or it already expired): never reuse it
+        if len(self._recursive) >= MAX_CACHED_RESPONSES:
+            self._recursive.clear()
+        label = "dns64" if source == "dns64" else "cache"  # a repeat is a cache hit by definition
+        qt, rc = qtype_label(qtype), rcode_label(rcode)
+        template = reply[:2] + bytes((reply[2] & 0xFE,)) + reply[3:]
+        self._recursive[key] = CachedAnswer(template, time.monotonic(), *positions,
+                                            ("udp", qt, rc, label), ("tcp", qt, rc, label))
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:

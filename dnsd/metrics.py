@@ -51,7 +51,7 @@ def rcode_label(rcode: int) -> str:
 class QueryStats:
     """Hot-path counters: plain integers, read by the collector at scrape time."""
 
-    __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "queries")
+    __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "queries", "rrl")
 
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str, str, str], int] = {}
@@ -59,6 +59,7 @@ class QueryStats:
         self.latency_count: dict[str, int] = {}
         self.buckets: dict[str, list[int]] = {}
         self.dropped: dict[str, int] = {}
+        self.rrl: dict[str, int] = {}
 
     def count(self, key: tuple[str, str, str, str]) -> None:
         """One answered query: (transport, qtype label, rcode label, source)."""
@@ -79,6 +80,10 @@ class QueryStats:
     def drop(self, reason: str) -> None:
         """A packet not answered (garbage, a response, rate limited)."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def rate_limited(self, action: str) -> None:
+        """One response held back by RRL: 'dropped' or 'slipped' (sent truncated)."""
+        self.rrl[action] = self.rrl.get(action, 0) + 1
 
 
 class QueryStatsCollector(Collector):
@@ -116,6 +121,13 @@ class QueryStatsCollector(Collector):
         for reason, value in sorted(self.stats.dropped.items()):
             dropped.add_metric([reason], value)
         yield dropped
+        rrl = CounterMetricFamily(
+            "dnsd_rrl_responses", "Responses held back by response rate limiting, by action (dropped, slipped)",
+            labels=["action"],
+        )
+        for action in ("dropped", "slipped"):
+            rrl.add_metric([action], self.stats.rrl.get(action, 0))
+        yield rrl
 
 
 def register_query_stats(stats: QueryStats, registry: CollectorRegistry = REGISTRY) -> None:
@@ -154,4 +166,14 @@ UPSTREAM_QUERIES = Counter(
 UPSTREAM_FAILURES = Counter(
     "dnsd_upstream_failures_total", "Upstream queries that failed, by mode and reason", ["mode", "reason"],
 )
+# ---- limits ------------------------------------------------------------------------------------
+LIMIT_HITS = Counter(
+    "dnsd_limit_hits_total",
+    "Work refused because a limit was reached, by limit (tcp_connections, tcp_per_client, "
+    "recursion_outstanding, recursion_per_client)",
+    ["limit"],
+)
+TCP_CONNECTIONS = Gauge("dnsd_tcp_connections", "TCP connections open")
+RRL_BUCKETS = Gauge("dnsd_rrl_buckets", "Response rate limiting buckets held (client network, response kind)")
+
 DNS64_SYNTHESIZED = Counter("dnsd_dns64_synthesized_total", "AAAA answers synthesized by DNS64", ["kind"])

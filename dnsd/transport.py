@@ -3,8 +3,10 @@
 UDP sockets get a large receive buffer (as NSD does): the kernel default holds only a couple of
 hundred packets, and a burst beyond that is lost before any server code runs. TCP follows RFC 7766:
 two-byte length framing, several queries per connection (pipelining, answered as they complete, so
-out of order when one needs recursion), an idle timeout that closes quiet connections, and bounded
-connection counts (total and per client) so that a flood of idle connections cannot exhaust memory.
+out of order when one needs recursion), an idle timeout that closes quiet connections (and those
+that trickle a partial message), reading paused while a client leaves its answers unread, and
+bounded connection counts (total and per client) so that a flood of idle connections cannot exhaust
+memory.
 All sockets set SO_REUSEPORT so that `--workers` processes can share the ports.
 """
 
@@ -14,18 +16,20 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dnsd.config import Endpoint
+from dnsd.metrics import LIMIT_HITS
 
 logger = logging.getLogger(__name__)
 
-Responder = Callable[[bytes, str, bool], bytes | Coroutine[Any, Any, bytes | None] | None]
+Responder = Callable[[bytes, str, bool], bytes | Awaitable[bytes | None] | None]
 
 #: Receive buffer asked for on UDP sockets; the kernel caps it at net.core.rmem_max unless we are root.
 UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
-#: TCP connections accepted at once, in total and from one client address.
+#: TCP connections accepted at once, in total and from one client address (defaults of
+#: --tcp-max-connections and --tcp-max-per-client).
 MAX_TCP_CONNECTIONS = 1024
 MAX_TCP_PER_CLIENT = 64
 #: Queries in flight on one TCP connection before reading pauses (RFC 7766 6.2.1.1 allows a limit).
@@ -91,7 +95,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _send_later(self, pending: Coroutine[Any, Any, bytes | None], addr: tuple[Any, ...]) -> None:
+    async def _send_later(self, pending: Awaitable[bytes | None], addr: tuple[Any, ...]) -> None:
         reply = await pending
         if reply is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(reply, addr)
@@ -103,8 +107,11 @@ class UdpProtocol(asyncio.DatagramProtocol):
 class TcpServerState:
     """Connection accounting shared by all TCP listeners of a process."""
 
-    def __init__(self, idle_timeout: float) -> None:
+    def __init__(self, idle_timeout: float, max_connections: int = MAX_TCP_CONNECTIONS,
+                 max_per_client: int = MAX_TCP_PER_CLIENT) -> None:
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
         self.total = 0
         self.per_client: dict[str, int] = {}
         self.connections: set[TcpProtocol] = set()
@@ -123,14 +130,20 @@ class TcpProtocol(asyncio.Protocol):
         self.idle: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = False
+        self.write_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's class is no subclass
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         state = self.state
-        if state.total >= MAX_TCP_CONNECTIONS or state.per_client.get(self.client, 0) >= MAX_TCP_PER_CLIENT:
+        if state.total >= state.max_connections:
+            LIMIT_HITS.labels("tcp_connections").inc()
             transport.abort()  # type: ignore[attr-defined]  # a stream transport
+            return
+        if state.per_client.get(self.client, 0) >= state.max_per_client:
+            LIMIT_HITS.labels("tcp_per_client").inc()
+            transport.abort()  # type: ignore[attr-defined]
             return
         self.accepted = True
         state.total += 1
@@ -168,15 +181,36 @@ class TcpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        self._arm_idle()
         buffer = self.buffer
+        complete = False
         while len(buffer) >= 2:
             length = (buffer[0] << 8) | buffer[1]
             if len(buffer) < 2 + length:
                 break
             message = bytes(buffer[2 : 2 + length])
             del buffer[: 2 + length]
+            complete = True
             self._handle(message)
+        if complete:
+            # Only whole messages restart the clock: a client trickling a byte now and then
+            # (slowloris) is still closed one idle timeout after its last complete query.
+            self._arm_idle()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its queries, so that answers cannot
+        # pile up in our send buffer without bound.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if (self.transport is not None and not self.transport.is_closing() and not self.write_paused
+                and self.pending < MAX_TCP_PIPELINE):
+            self.transport.resume_reading()
 
     def _handle(self, message: bytes) -> None:
         reply = self.respond(message, self.client, True)
@@ -192,15 +226,14 @@ class TcpProtocol(asyncio.Protocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _write_later(self, pending: Coroutine[Any, Any, bytes | None]) -> None:
+    async def _write_later(self, pending: Awaitable[bytes | None]) -> None:
         try:
             reply = await pending
             if reply is not None:
                 self._write(reply)
         finally:
             self.pending -= 1
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
+            self._maybe_resume()
 
     def _write(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -214,10 +247,11 @@ class TcpProtocol(asyncio.Protocol):
 class Listeners:
     """Every UDP and TCP socket of the process, opened together and closed together."""
 
-    def __init__(self, endpoints: tuple[Endpoint, ...], respond: Responder, idle_timeout: float) -> None:
+    def __init__(self, endpoints: tuple[Endpoint, ...], respond: Responder, idle_timeout: float,
+                 max_connections: int = MAX_TCP_CONNECTIONS, max_per_client: int = MAX_TCP_PER_CLIENT) -> None:
         self.endpoints = endpoints
         self.respond = respond
-        self.tcp_state = TcpServerState(idle_timeout)
+        self.tcp_state = TcpServerState(idle_timeout, max_connections, max_per_client)
         self.udp_transports: list[asyncio.DatagramTransport] = []
         self.tcp_servers: list[asyncio.AbstractServer] = []
         self.bound: list[tuple[str, int]] = []

@@ -8,6 +8,7 @@ DNS64 logic under test is always dnsd's own. Runs only as root with knotd and un
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,12 +17,16 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 from prometheus_client import REGISTRY
 
 from dnsd import config, wire
+from dnsd.handler import CachedAnswer, Handler, ttl_positions
+from dnsd.metrics import QueryStats
 from dnsd.recursor import Recursor, Settings
 from dnsd.recursor.message import to_wire
+from dnsd.zone import ZoneIndex
 from tests.hierarchy import ROOT, UNBOUND_DNS64, UNBOUND_PLAIN, Hierarchy, MissingTool
 
 FAST = Settings(timeout=0.5, retries=1, query_timeout=4.0)
@@ -327,3 +332,99 @@ async def test_same_as_unbound_dns64(hierarchy: Hierarchy, name: str) -> None:
 
 def test_hierarchy_is_loopback_only() -> None:
     assert ROOT.startswith("127.53.")
+
+
+# ---- the handler's fast path for cached recursive answers ------------------------------------
+
+#: Outside names whose answers differ in shape: synthesized, real AAAA, CNAME chains, DNAME,
+#: NXDOMAIN, NODATA, PTR synthesis, answers too large for classic UDP, ipv4only.arpa.
+FAST_QUESTIONS = [
+    ("a-only.dns64.test", "AAAA"), ("a-only.dns64.test", "A"), ("both.dns64.test", "AAAA"),
+    ("c1.dns64.test", "AAAA"), ("a-only.dn.alt", "AAAA"), ("nothere.dns64.test", "AAAA"),
+    ("nodata.dns64.test", "AAAA"), ("cname-nx.dns64.test", "AAAA"), ("big.dns64.test", "A"),
+    ("4.0.3.0.2.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.b.9.f.f.4.6.0.0.ip6.arpa", "PTR"),
+    ("ipv4only.arpa", "AAAA"),
+]
+
+
+def _zero_ttls(reply: bytes) -> bytes:
+    found = fast_key_end(reply)
+    positions = ttl_positions(reply, found)
+    assert positions is not None
+    buf = bytearray(reply)
+    for offset in positions[0]:
+        buf[offset : offset + 4] = b"\x00\x00\x00\x00"
+    return bytes(buf)
+
+
+def fast_key_end(message: bytes) -> int:
+    end = message.index(0, 12)  # question names here carry no zero octets inside labels
+    return end + 5
+
+
+async def _settle(reply: object) -> bytes | None:
+    if isinstance(reply, bytes) or reply is None:
+        return reply
+    return await reply  # type: ignore[misc,no-any-return]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_cached_recursive_answers_are_served_by_the_fast_path_with_the_slow_paths_bytes(
+    hierarchy: Hierarchy, mode: str
+) -> None:
+    cfg = config.from_mapping({"zone": "c2.k8s.ooo", "recursion": mode, "root_hints": hierarchy.root_hints,
+                               "forwarder": [UNBOUND_PLAIN], "source": "file:/dev/null"})
+    zone = ZoneIndex(cfg)
+    zone.mark_synced()
+    recursor = Recursor(cfg, FAST)
+    fast = Handler(cfg, zone, QueryStats(), recursor)
+    slow = Handler(cfg, zone, QueryStats(), recursor)
+    slow.fast_path = False
+    served_fast = 0
+    for qname, qtype in FAST_QUESTIONS:
+        for spelling, (edns, do, cd, rd) in itertools.product(
+            (qname, qname.upper()), [(False, False, False, True), (True, False, False, True),
+                                     (True, True, True, True), (True, False, False, False)]
+        ):
+            query = dns.message.make_query(spelling, qtype, use_edns=0 if edns else False, payload=1232,
+                                           want_dnssec=do)
+            if cd:
+                query.flags |= dns.flags.CD
+            if not rd:
+                query.flags &= ~dns.flags.RD
+            data = query.to_wire()
+            first = await _settle(fast.respond(data, "127.0.0.1", False))
+            second = fast.respond(data, "127.0.0.1", False)
+            reference = await _settle(slow.respond(data, "127.0.0.1", False))
+            assert first is not None and reference is not None
+            cacheable = (first[3] & 0xF) in (0, 3) and not first[2] & 0x02
+            if not cacheable:  # only the 100-address answer, truncated over UDP
+                assert qname.startswith("big.")
+                continue
+            assert isinstance(second, bytes), (spelling, qtype, edns, do, cd, rd)  # a fast-path hit
+            served_fast += 1
+            qend = fast_key_end(data)
+            assert second[:2] == data[:2] and second[12:qend] == data[12:qend]  # ID and question as asked
+            assert _zero_ttls(second) == _zero_ttls(reference), (spelling, qtype, edns, do, cd, rd)
+            got = dns.message.from_wire(second)
+            want = dns.message.from_wire(reference)
+            for ours, theirs in zip(got.answer + got.authority, want.answer + want.authority, strict=True):
+                assert abs(ours.ttl - theirs.ttl) <= 1
+    assert served_fast == (len(FAST_QUESTIONS) - 1) * 8
+
+
+def test_cached_answer_ttls_count_down_and_expire() -> None:
+    query = dns.message.make_query("x.example", "A")
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_text("x.example.", 10, "IN", "CNAME", "y.example."))
+    response.answer.append(dns.rrset.from_text("y.example.", 4, "IN", "A", "192.0.2.1"))
+    wire_reply = response.to_wire()
+    positions = ttl_positions(wire_reply, fast_key_end(wire_reply))
+    assert positions is not None and positions[1] == [10, 4]
+    labels = ("udp", "A", "NOERROR", "cache")
+    cached = CachedAnswer(wire_reply, 100.0, *positions, labels, labels)
+    assert cached.at(100.9) == wire_reply
+    later = cached.at(102.5)
+    assert later is not None
+    assert [rr.ttl for rr in dns.message.from_wire(later).answer] == [8, 2]
+    assert cached.at(104.0) is None  # the shortest TTL (4 s) has run out: back to the slow path

@@ -1,7 +1,8 @@
 """Composition root and lifecycle: the only module that wires the parts together.
 
 `serve(config)` builds the zone index, the source that feeds it, the handler, the listeners and the
-HTTP side, then waits for SIGTERM or SIGINT. Shutdown is graceful: `/readyz` turns 503 first (lame
+HTTP side (and, with `--workers N`, the N-1 follower processes of `dnsd.workers`), then waits for
+SIGTERM or SIGINT. Shutdown is graceful: `/readyz` turns 503 first (lame
 duck, `lame_duck` seconds) while queries are still answered, so that Kubernetes stops sending new
 traffic; then the listeners close, the source stops, and `serve` returns 0.
 """
@@ -22,6 +23,7 @@ from dnsd.http import HttpServer
 from dnsd.kube.manifests import ManifestSource
 from dnsd.metrics import QueryStats, register_query_stats
 from dnsd.transport import Listeners
+from dnsd.workers import WorkerPool, follow
 from dnsd.zone import ZoneIndex
 
 logger = logging.getLogger(__name__)
@@ -30,8 +32,10 @@ logger = logging.getLogger(__name__)
 class App:
     """One dnsd process: its parts and its state (bound, lame duck)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, link: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None) -> None:
         self.config = config
+        self.link = link  # set in a --workers follower: its zone is fed by the watching process
+        self.pool: WorkerPool | None = None
         self.zone = ZoneIndex(config)
         self.stats = QueryStats()
         self.recursor: Any = None
@@ -50,6 +54,8 @@ class App:
             return False, "waiting for the first full sync of the source"
         if self.listeners is None or not self.listeners.bound:
             return False, "listeners not bound"
+        if self.pool is not None and not self.pool.ready():
+            return False, "waiting for the worker processes"
         return True, "ready"
 
     def _update_gauges(self) -> None:
@@ -82,6 +88,13 @@ class App:
 
     async def _start_source(self) -> None:
         config = self.config
+        if self.link is not None:
+            reader, writer = self.link
+            self.tasks.append(asyncio.create_task(
+                follow(reader, writer, self.zone, self.stats, self.stopping,
+                       lambda: self.zone.synced and self.listeners is not None and bool(self.listeners.bound)),
+                name="follower"))
+            return
         path = config.source_path
         if path is not None:
             source = ManifestSource(path, self.zone, config.namespaces)
@@ -103,6 +116,8 @@ class App:
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor)
+        if config.workers > 1 and self.link is None:
+            self.pool = WorkerPool(config, self.zone, self.stats)  # before the source: it sees every change
         await self._start_source()
         self.listeners = Listeners(config.listen, self.handler.respond, config.tcp_idle_timeout,
                                    config.tcp_max_connections, config.tcp_max_per_client)
@@ -122,8 +137,11 @@ class App:
             host = config.http.host
             logger.info("http on %s (/metrics, /healthz, /readyz)",
                         f"[{host}]:{self.http.port}" if ":" in host else f"{host}:{self.http.port}")
+        if self.pool is not None:
+            await self.pool.start(self.listeners.bound)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # A follower ignores both: the watching process stops it after its own lame duck.
+        for sig in () if self.link is not None else (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         watch = asyncio.create_task(self._watch_tasks(), name="watch")
         await self.stopping.wait()
@@ -148,11 +166,15 @@ class App:
 
     async def shutdown(self) -> int:
         """Lame duck, then close everything; the exit status to return."""
+        if self.pool is not None:
+            self.pool.stopping = True  # a follower that dies now is not started again
         if self.failure is None and self.config.lame_duck > 0:
             self.lame_duck = True
             logger.info("lame duck: /readyz is 503, still answering for %.1f s", self.config.lame_duck)
             await asyncio.sleep(self.config.lame_duck)
         self.lame_duck = True
+        if self.pool is not None:
+            await self.pool.close()
         if self.listeners is not None:
             await self.listeners.close()
         for task in self.tasks:

@@ -35,10 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    if config.workers > 1:
-        # Issue "fast path, multi-core workers" adds the worker processes; until then say so plainly.
-        logging.getLogger("dnsd").warning("workers: %d requested, but this version runs one process",
-                                          config.workers)
     try:
         return int(runner(serve(config)))
     except StartupError as exc:

@@ -48,10 +48,13 @@ def rcode_label(rcode: int) -> str:
     return RCODE_NAMES.get(rcode, "other")
 
 
+Snapshot = tuple[dict[Any, Any], ...]
+
+
 class QueryStats:
     """Hot-path counters: plain integers, read by the collector at scrape time."""
 
-    __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "queries", "rrl")
+    __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "peers", "queries", "rrl")
 
     def __init__(self) -> None:
         self.queries: dict[tuple[str, str, str, str], int] = {}
@@ -60,6 +63,30 @@ class QueryStats:
         self.buckets: dict[str, list[int]] = {}
         self.dropped: dict[str, int] = {}
         self.rrl: dict[str, int] = {}
+        #: The latest snapshots of the other --workers processes, by worker number (watching process only).
+        self.peers: dict[int, Snapshot] = {}
+
+    def snapshot(self) -> Snapshot:
+        """Plain copies of the counters, for a worker to send to the watching process."""
+        return (dict(self.queries), dict(self.latency_sum), dict(self.latency_count),
+                {k: list(v) for k, v in self.buckets.items()}, dict(self.dropped), dict(self.rrl))
+
+    def merged(self) -> QueryStats:
+        """This process's counters plus every peer's: what /metrics reports for the whole pod."""
+        if not self.peers:
+            return self
+        total = QueryStats()
+        for queries, latency_sum, latency_count, buckets, dropped, rrl in (self.snapshot(), *self.peers.values()):
+            for target, source in ((total.queries, queries), (total.latency_sum, latency_sum),
+                                   (total.latency_count, latency_count), (total.dropped, dropped),
+                                   (total.rrl, rrl)):
+                for key, value in source.items():
+                    target[key] = target.get(key, 0) + value
+            for key, counts in buckets.items():
+                mine = total.buckets.setdefault(key, [0] * len(counts))
+                for i, count in enumerate(counts):
+                    mine[i] += count
+        return total
 
     def count(self, key: tuple[str, str, str, str]) -> None:
         """One answered query: (transport, qtype label, rcode label, source)."""
@@ -96,29 +123,30 @@ class QueryStatsCollector(Collector):
         return []  # families are built at collect time; an empty describe keeps registration cheap
 
     def collect(self) -> Iterator[Any]:
+        stats = self.stats.merged()
         queries = CounterMetricFamily(
             "dnsd_queries", "DNS queries answered, by transport, qtype, rcode and answer source",
             labels=["transport", "qtype", "rcode", "source"],
         )
-        for (transport, qtype, rcode, source), value in sorted(self.stats.queries.items()):
+        for (transport, qtype, rcode, source), value in sorted(stats.queries.items()):
             queries.add_metric([transport, qtype, rcode, source], value)
         yield queries
         latency = HistogramMetricFamily(
             "dnsd_query_duration_seconds", "Time from receiving a query to sending its answer",
             labels=["source"],
         )
-        for source, counts in sorted(self.stats.buckets.items()):
+        for source, counts in sorted(stats.buckets.items()):
             cumulative = 0
             buckets = []
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([source], buckets, self.stats.latency_sum[source])
+            latency.add_metric([source], buckets, stats.latency_sum[source])
         yield latency
         dropped = CounterMetricFamily(
             "dnsd_dropped_packets", "Packets received but not answered, by reason", labels=["reason"],
         )
-        for reason, value in sorted(self.stats.dropped.items()):
+        for reason, value in sorted(stats.dropped.items()):
             dropped.add_metric([reason], value)
         yield dropped
         rrl = CounterMetricFamily(
@@ -126,8 +154,16 @@ class QueryStatsCollector(Collector):
             labels=["action"],
         )
         for action in ("dropped", "slipped"):
-            rrl.add_metric([action], self.stats.rrl.get(action, 0))
+            rrl.add_metric([action], stats.rrl.get(action, 0))
         yield rrl
+        per_worker = CounterMetricFamily(
+            "dnsd_worker_queries", "Queries answered by each --workers process (worker 0 watches the cluster)",
+            labels=["worker"],
+        )
+        per_worker.add_metric(["0"], sum(self.stats.queries.values()))
+        for number, snapshot in sorted(self.stats.peers.items()):
+            per_worker.add_metric([str(number)], sum(snapshot[0].values()))
+        yield per_worker
 
 
 def register_query_stats(stats: QueryStats, registry: CollectorRegistry = REGISTRY) -> None:

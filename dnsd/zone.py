@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
 
 from dnsd.config import Config
 from dnsd.kube.model import ServiceRecord, SliceRecord
@@ -47,6 +47,9 @@ Srv = tuple[int, int, int, str]  # priority, weight, port, target
 Rdata = Union[bytes, str, Srv]  # noqa: UP007  # a type alias needs Union on 3.11 for tuple members
 Owner = tuple[str, ...]
 R = TypeVar("R", ServiceRecord, SliceRecord)
+#: One change as published to --workers followers: ("put_service", record), ("delete_slice", key),
+#: ("replace", services, slices, namespaces), ("synced",), ...
+Op = tuple[Any, ...]
 
 #: Objects a relist diffs between two yields to the event loop (about 5 ms of work).
 RESYNC_STEP = 1000
@@ -128,6 +131,8 @@ class ZoneIndex:
         # owner -> its records, flattened to ((name, type, ttl, rdatas), ...) for the same reason.
         self._contributions: dict[Owner, Flat] = {}
         self._subscribers: list[Callable[[set[str]], None]] = []
+        self._journal: list[Op] | None = None  # operations since the last commit, when publishing
+        self._publish: Callable[[list[Op], int], None] | None = None
         self._apply(("static",), self._static_records(), set())
 
     # ---- reading -------------------------------------------------------------------------------
@@ -188,7 +193,8 @@ class ZoneIndex:
         """The source has delivered a full state: names in the zone may now be answered."""
         if not self.synced:
             self.synced = True
-            self._notify(set())
+            self._record(("synced",))
+            self._commit(set(), force=True)
 
     def replace(
         self,
@@ -197,6 +203,57 @@ class ZoneIndex:
         namespaces: Iterable[str] = (),
     ) -> int:
         """Make the index hold exactly this state, touching only what differs; returns #services changed."""
+        changed: set[str] = set()
+        count = self._replace(tuple(services), tuple(slices), frozenset(namespaces), changed)
+        self._commit(changed)
+        return count
+
+    # ---- followers (--workers) ------------------------------------------------------------------
+
+    def publish_to(self, publish: Callable[[list[Op], int], None]) -> None:
+        """From now on, hand every committed batch of changes and the new serial to `publish`.
+
+        The watching process of `--workers` uses it to feed the others, which `follow` the same
+        operations, so that every worker holds the same data under the same serial.
+        """
+        self._journal = []
+        self._publish = publish
+
+    def snapshot(self) -> list[Op]:
+        """Operations that rebuild the current state from nothing (for a worker that starts late)."""
+        ops: list[Op] = [("replace", tuple(self.services.values()), tuple(self.slices.values()),
+                          frozenset(self.namespaces))]
+        if self.synced:
+            ops.append(("synced",))
+        return ops
+
+    def follow(self, ops: list[Op], serial: int) -> None:
+        """Apply a batch published by the watching process, and take its serial."""
+        changed: set[str] = set()
+        for op in ops:
+            kind = op[0]
+            if kind == "put_service":
+                self._put_service(op[1], changed)
+            elif kind == "delete_service":
+                self._delete_service(op[1], changed)
+            elif kind == "put_slice":
+                self._put_slice(op[1], changed)
+            elif kind == "delete_slice":
+                self._delete_slice(op[1], changed)
+            elif kind == "replace":
+                self._replace(op[1], op[2], op[3], changed)
+            elif kind == "synced":
+                self.synced = True
+        self.serial = serial
+        self._notify(changed)  # always: the serial (in every SOA-bearing answer) may have moved
+
+    def _record(self, op: Op) -> None:
+        if self._journal is not None:
+            self._journal.append(op)
+
+    def _replace(self, services: tuple[ServiceRecord, ...], slices: tuple[SliceRecord, ...],
+                 namespaces: frozenset[str], changed: set[str]) -> int:
+        self._record(("replace", services, slices, namespaces))
         new_services = {s.key: s for s in services}
         new_slices = {s.key: s for s in slices}
         new_namespaces = set(namespaces)
@@ -216,7 +273,6 @@ class ZoneIndex:
         self._slices_by_service = {}
         for skey, rec in new_slices.items():
             self._slices_by_service.setdefault((rec.namespace, rec.service), set()).add(skey)
-        changed: set[str] = set()
         for ns in self.namespaces - new_namespaces:
             self._apply(("namespace", ns), {}, changed)
         for ns in new_namespaces - self.namespaces:
@@ -224,7 +280,6 @@ class ZoneIndex:
         self.namespaces = new_namespaces
         for key in affected:
             self._apply(("service", *key), self._service_records(key), changed)
-        self._commit(changed)
         return len(affected)
 
     def put_service(self, record: ServiceRecord) -> None:
@@ -298,6 +353,7 @@ class ZoneIndex:
     def _put_service(self, record: ServiceRecord, changed: set[str]) -> bool:
         if self.services.get(record.key) == record:
             return False
+        self._record(("put_service", record))
         self.services[record.key] = record
         self._refresh(record.key, changed)
         return True
@@ -305,6 +361,7 @@ class ZoneIndex:
     def _delete_service(self, key: tuple[str, str], changed: set[str]) -> bool:
         if self.services.pop(key, None) is None:
             return False
+        self._record(("delete_service", key))
         self._refresh(key, changed)
         return True
 
@@ -312,6 +369,7 @@ class ZoneIndex:
         old = self.slices.get(record.key)
         if old == record:
             return False
+        self._record(("put_slice", record))
         self.slices[record.key] = record
         if old is not None and old.service != record.service:
             self._slices_by_service.get((old.namespace, old.service), set()).discard(record.key)
@@ -324,6 +382,7 @@ class ZoneIndex:
         old = self.slices.pop(key, None)
         if old is None:
             return False
+        self._record(("delete_slice", key))
         owner = (old.namespace, old.service)
         siblings = self._slices_by_service.get(owner)
         if siblings is not None:
@@ -336,11 +395,15 @@ class ZoneIndex:
     def _refresh(self, key: tuple[str, str], changed: set[str]) -> None:
         self._apply(("service", *key), self._service_records(key), changed)
 
-    def _commit(self, changed: set[str]) -> None:
-        if not changed:
-            return
-        self.serial = max(self.serial + 1, int(time.time())) & 0xFFFFFFFF
-        self._notify(changed)
+    def _commit(self, changed: set[str], force: bool = False) -> None:
+        if changed:
+            self.serial = max(self.serial + 1, int(time.time())) & 0xFFFFFFFF
+        if self._journal:
+            ops, self._journal = self._journal, []
+            if self._publish is not None:
+                self._publish(ops, self.serial)
+        if changed or force:
+            self._notify(changed)
 
     def _notify(self, changed: set[str]) -> None:
         for callback in self._subscribers:

@@ -194,8 +194,7 @@ class Recursor:
         try:
             if self.engine is None:
                 raise ResolveError("off")
-            result = await self.engine.lookup(name, qtype, Budget())
-            self.cache.put(name, qtype, result)
+            result = self.cache.put(name, qtype, await self.engine.lookup(name, qtype, Budget()))
             if result.rcode == NXDOMAIN and not result.answer:
                 self.cache.put(name, 0, result)
             future.set_result(result)

@@ -129,12 +129,17 @@ class Cache:
             (self._hits if entry is not None else self._misses).inc()
         return None if entry is None else entry.current(self.clock())
 
-    def put(self, qname: bytes, qtype: int, answer: Answer) -> None:
-        """Store `answer`; its lifetime is its shortest TTL, capped (negative: RFC 2308 TTL)."""
+    def put(self, qname: bytes, qtype: int, answer: Answer) -> Answer:
+        """Store `answer`; its lifetime is its shortest TTL, capped (negative: RFC 2308 TTL).
+
+        Returns the answer as stored, TTLs capped: the resolver hands that to the client the first
+        time too, so a fresh answer never promises more than the cached one will keep (a negative
+        answer's SOA carries the negative TTL, not its own longer TTL).
+        """
         if answer.negative:
             ttl = negative_ttl(answer.authority)
             if ttl is None:
-                return  # RFC 2308 5: a negative answer without SOA is not cached
+                return answer  # RFC 2308 5: a negative answer without SOA is not cached
             ttl = min(ttl, MAX_NEGATIVE_TTL)
             # the SOA is served with the negative TTL, which is what counts down (RFC 2308 5)
             answer = Answer(answer.rcode, answer.answer, tuple(
@@ -147,7 +152,7 @@ class Cache:
             answer = Answer(answer.rcode, tuple(rr._replace(ttl=min(rr.ttl, MAX_TTL))
                                                 for rr in answer.answer), answer.authority)
         if ttl <= 0:
-            return
+            return answer
         now = self.clock()
         wire, offsets = _encode(qname, answer)
         k = (key(qname), qtype)
@@ -159,6 +164,7 @@ class Cache:
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             self._remove(next(iter(self._entries)))
         self._gauge.set(len(self._entries))
+        return answer
 
     def clear(self) -> None:
         self._entries.clear()

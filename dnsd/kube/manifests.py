@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between checks of the file: answers follow an edit within this delay plus parsing time.
 POLL_INTERVAL = 0.25
+#: libyaml's safe loader parses a large file about ten times faster than the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 
@@ -43,7 +45,7 @@ Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 def parse_manifests(text: str, origin: str) -> Loaded:
     """Services, EndpointSlices and Namespaces from YAML text; raises SourceError if unparsable."""
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=_LOADER))  # a safe loader, C when available
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -99,6 +101,11 @@ class ManifestSource:
 
         Raises SourceError when the file cannot be read or parsed (the zone is left untouched).
         """
+        return self._apply(self._read())
+
+    def _read(self) -> tuple[bytes, Loaded] | None:
+        """Read and parse the file (no zone access: `run` calls it in a thread so that parsing a
+        large file never holds up answers); None when its content did not change."""
         identity = self._stat()
         try:
             raw = self.path.read_bytes()
@@ -107,12 +114,17 @@ class ManifestSource:
         self._identity = identity
         digest = hashlib.sha256(raw).digest()
         if digest == self._digest:
-            return False
+            return None
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise SourceError(f"{self.path}: not UTF-8 text") from None
-        services, slices, namespaces = parse_manifests(text, str(self.path))
+        return digest, parse_manifests(text, str(self.path))
+
+    def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
+        if parsed is None:
+            return False
+        digest, (services, slices, namespaces) = parsed
         if self.only_namespaces:
             services = [s for s in services if s.namespace in self.only_namespaces]
             slices = [s for s in slices if s.namespace in self.only_namespaces]
@@ -133,7 +145,7 @@ class ManifestSource:
             if self._stat() == self._identity:
                 continue
             try:
-                self.load()
+                self._apply(await asyncio.to_thread(self._read))
                 reported = False
             except SourceError as exc:
                 metrics.SOURCE_ERRORS.labels(source="file").inc()

@@ -13,11 +13,13 @@ run unmodified against it):
   with a 410 Status (or a plain HTTP 410 with `gone_as_http=True`).
 - Bearer-token authentication (401), Status JSON bodies for errors.
 
-Fault injection for tests: `inject()` makes matching requests answer a status (403, 500, ...), hang,
-or drop the connection; `end_watches()` ends or aborts every open watch; `send_error_410()` sends an
-ERROR event on open watches; `compact()` forgets history; `stop()` + `start(port)` kill and restart
-the server on the same port with the same data. Objects are kept pre-serialized so that 100,000 of
-them list quickly in the benchmark. Loopback only.
+Fault injection for tests: `inject()` makes matching requests answer a status (403, 500, ...; or
+several in turns with `statuses`), hang before answering, stall after the headers (a watch that sends
+nothing, a list cut off mid-body) until `clear_faults()`, or drop the connection; `end_watches()` ends
+or aborts every open watch; `cut_watches()` resets them in the middle of an event line;
+`send_error_410()` sends an ERROR event on open watches; `compact()` forgets history; `stop()` +
+`start(port)` kill and restart the server on the same port with the same data. Objects are kept
+pre-serialized so that 100,000 of them list quickly in the benchmark. Loopback only.
 """
 
 from __future__ import annotations
@@ -71,7 +73,14 @@ class Stored:
 
 @dataclass(slots=True)
 class Fault:
-    """Make matching requests fail: mode `status` (answer `status`), `hang`, or `disconnect`."""
+    """Make matching requests fail.
+
+    Modes: `status` (answer `status`, or the `statuses` in turns, one per matching request), `hang`
+    (accept the request, answer nothing until `clear_faults()`, then reset the connection),
+    `stall` (answer 200 and the headers, then nothing until `clear_faults()`: a watch goes silent,
+    without bookmarks; a list stops in the middle of its body; once cleared both go on normally),
+    or `disconnect` (reset the connection at once).
+    """
 
     mode: str = "status"
     status: int = 500
@@ -80,6 +89,14 @@ class Fault:
     namespace: str | None = None
     times: int | None = None  # None: until cleared
     message: str = ""
+    statuses: tuple[int, ...] = ()  # mode `status`: answered in turns instead of `status`
+    served: int = 0  # matching requests so far
+
+    def next_status(self) -> int:
+        """The status for the next matching request (cycling through `statuses` when given)."""
+        status = self.statuses[self.served % len(self.statuses)] if self.statuses else self.status
+        self.served += 1
+        return status
 
     def matches(self, resource: str, verb: str, namespace: str | None) -> bool:
         return (
@@ -308,6 +325,11 @@ class FakeKube:
         for watcher in list(self._watchers):
             watcher.queue.put_nowait(("abort" if abort else "end", None))
 
+    def cut_watches(self) -> None:
+        """Reset every open watch in the middle of an event: half a JSON line, then a TCP reset."""
+        for watcher in list(self._watchers):
+            watcher.queue.put_nowait(("cut", None))
+
     def send_error_410(self) -> None:
         """Send an ERROR event with a 410 Status on every open watch, as after etcd compaction."""
         self.compact()
@@ -345,33 +367,60 @@ class FakeKube:
         query = dict(request.query)
         verb = "watch" if query.get("watch") in ("1", "true", "True") else "list"
         self.requests.append(Request(verb, resource, namespace, query))
+        stall = False
         for fault in list(self.faults):
             if fault.matches(resource, verb, namespace):
                 if fault.times is not None:
                     fault.times -= 1
                     if fault.times <= 0:
                         self.faults.remove(fault)
+                if fault.mode == "stall":
+                    stall = True
+                    break
                 if fault.mode == "hang":
                     await self._hang.wait()
                 if fault.mode in ("hang", "disconnect"):
                     if transport is not None:
                         transport.abort()
                     return web.Response(status=500)  # never reaches the client: the socket is gone
+                status = fault.next_status()
                 reason = {403: "Forbidden", 401: "Unauthorized", 410: "Expired", 429: "TooManyRequests"}.get(
-                    fault.status, "InternalError"
+                    status, "InternalError"
                 )
                 message = fault.message or (
                     f'{resource} is forbidden: User "system:serviceaccount:dnsd:dnsd" cannot {verb} '
                     f'resource "{resource}" in API group "{"" if resource == "services" else "discovery.k8s.io"}"'
                     f" {'at the cluster scope' if namespace is None else 'in the namespace ' + repr(namespace)}"
-                    if fault.status == 403
-                    else f"injected {fault.status}"
+                    if status == 403
+                    else f"injected {status}"
                 )
-                return self._status(fault.status, reason, message)
+                return self._status(status, reason, message)
         selector = parse_selector(query.get("labelSelector", ""))
         if verb == "watch":
-            return await self._watch(request, resource, namespace, selector, query)
-        return self._list(resource, namespace, selector, query)
+            return await self._watch(request, resource, namespace, selector, query, stall=stall)
+        listed = self._list(resource, namespace, selector, query)
+        if stall and listed.status == 200:
+            return await self._stalled(request, listed)
+        return listed
+
+    async def _stalled(self, request: web.Request, listed: web.Response) -> web.StreamResponse:
+        """Send the headers and the first half of a list's body, wait for `clear_faults()`, send the rest."""
+        body = listed.body
+        assert isinstance(body, bytes)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        released = self._hang
+        try:
+            await response.write(body[: len(body) // 2])
+            await released.wait()
+            if request.transport is None or request.transport.is_closing():
+                return response
+            await response.write(body[len(body) // 2 :])
+            await response.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return response
 
     def _status(self, code: int, reason: str, message: str) -> web.Response:
         return web.Response(
@@ -425,7 +474,14 @@ class FakeKube:
         return web.Response(body=body, content_type="application/json")
 
     async def _watch(
-        self, request: web.Request, resource: str, namespace: str | None, selector: list[Any], query: dict[str, str]
+        self,
+        request: web.Request,
+        resource: str,
+        namespace: str | None,
+        selector: list[Any],
+        query: dict[str, str],
+        *,
+        stall: bool = False,
     ) -> web.StreamResponse:
         api_version, kind, _ = RESOURCES[resource]
         raw_rv = query.get("resourceVersion") or "0"
@@ -437,6 +493,7 @@ class FakeKube:
         await response.prepare(request)
         watcher = _Watcher(resource, namespace, selector)
         self._watchers.add(watcher)
+        released = self._hang
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true", "True")
 
         async def send(etype: str, raw: bytes) -> None:
@@ -469,6 +526,10 @@ class FakeKube:
         try:
             timeout = float(query.get("timeoutSeconds") or 1800)
             async with asyncio.timeout(timeout):
+                if stall:  # headers are out; silence (no events, no bookmarks) until the fault is cleared
+                    await released.wait()
+                    if request.transport is None or request.transport.is_closing():
+                        return response
                 last = since
                 if since and since < self.compacted_rv:
                     await send_status(
@@ -505,6 +566,11 @@ class FakeKube:
                     elif what == "end":
                         return response
                     elif what == "abort":
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return response
+                    elif what == "cut":
+                        await response.write(b'{"type":"MODIFIED","object":{"kind":"' + kind.encode() + b'","meta')
                         if request.transport is not None:
                             request.transport.abort()
                         return response

@@ -139,16 +139,16 @@ class ManifestSource:
 
     async def run(self) -> None:
         """Follow the file until cancelled; errors after the first load never stop the loop."""
-        reported = False
+        reported = ""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self._stat() == self._identity:
                 continue
             try:
                 self._apply(await asyncio.to_thread(self._read))
-                reported = False
+                reported = ""
             except SourceError as exc:
                 metrics.SOURCE_ERRORS.labels(source="file").inc()
-                if not reported:  # one clear line per bad state, not one per poll
+                if str(exc) != reported:  # one clear line per bad state, not one per poll
                     logger.error("%s; keeping the last good data", exc)
-                    reported = True
+                    reported = str(exc)

@@ -179,9 +179,24 @@ def read_name(data: bytes, offset: int) -> tuple[bytes, int]:
         raise MessageError(str(exc)) from None
 
 
+#: Types whose rdata has one fixed length.
+_FIXED_LENGTH = {A: 4, AAAA: 16}
+
+
 def _rdata(data: bytes, rtype: int, start: int, end: int) -> bytes:
+    """The rdata with its names uncompressed; records malformed for their type are rejected, since
+    passing them on would hand our clients a message they cannot parse."""
     layout = _NAME_LAYOUT.get(rtype)
     if layout is None:
+        fixed = _FIXED_LENGTH.get(rtype)
+        if fixed is not None and end - start != fixed:
+            raise MessageError(f"type {rtype} rdata of {end - start} octets")
+        if rtype == TXT:
+            offset = start
+            while offset < end:
+                offset += 1 + data[offset]
+            if offset != end or start == end:
+                raise MessageError("TXT strings do not fill the rdata")
         return data[start:end]
     out = bytearray()
     offset = start
@@ -194,10 +209,8 @@ def _rdata(data: bytes, rtype: int, start: int, end: int) -> bytes:
             offset += part
         if offset > end:
             raise MessageError("rdata shorter than its type needs")
-    if offset != end:
-        if rtype in (MX, SRV, SOA):
-            raise MessageError("rdata length does not match its contents")
-        out += data[offset:end]
+    if offset != end:  # every type with names here has a fixed layout: nothing may follow
+        raise MessageError("rdata length does not match its contents")
     return bytes(out)
 
 

@@ -26,6 +26,7 @@ SIGTERM under a stream of queries (lame duck, no query lost, exit 0) is in tests
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -48,9 +49,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from dnsd.kube.informer import InformerSettings
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
 from tests.fakekube import FakeKube, service
+from tests.test_informer import FAST as INFORMER_FAST
 from tests.test_informer import aaaa, eventually, source
 from tests.test_informer_process import Querier, cluster, name, populate, wait_answer
 
@@ -165,15 +166,7 @@ async def test_api_answering_500_and_410_in_turns(tmp_path: Path) -> None:
 
 # ---- the same stalls with shortened timeouts (in-process: the timeouts are InformerSettings) ----------------
 
-QUICK = InformerSettings(
-    page_size=3,
-    watch_timeout=30,
-    inactivity_timeout=0.5,
-    list_timeout=1.0,
-    connect_timeout=1,
-    backoff_initial=0.05,
-    backoff_max=0.2,
-)
+QUICK = dataclasses.replace(INFORMER_FAST, inactivity_timeout=0.5, list_timeout=1.0, backoff_max=0.2)
 
 
 @pytest.fixture

@@ -50,15 +50,21 @@ def make(hierarchy: Hierarchy, mode: str, **extra: Any) -> Recursor:
     return Recursor(config.from_mapping(raw), FAST)
 
 
-async def ask(recursor: Recursor, qname: str, qtype: str = "AAAA", *, limit: int = 65535,
-              edns: bool = True, do: bool = False, cd: bool = False, rd: bool = True
-              ) -> dns.message.Message:
+def make_query(qname: str, qtype: str, *, edns: bool = True, do: bool = False, cd: bool = False,
+               rd: bool = True) -> dns.message.Message:
     query = dns.message.make_query(qname, qtype, use_edns=0 if edns else False, payload=1232,
                                    want_dnssec=do)
     if cd:
         query.flags |= dns.flags.CD
     if not rd:
         query.flags &= ~dns.flags.RD
+    return query
+
+
+async def ask(recursor: Recursor, qname: str, qtype: str = "AAAA", *, limit: int = 65535,
+              edns: bool = True, do: bool = False, cd: bool = False, rd: bool = True
+              ) -> dns.message.Message:
+    query = make_query(qname, qtype, edns=edns, do=do, cd=cd, rd=rd)
     parsed = wire.parse_query(query.to_wire())
     response = dns.message.from_wire(await recursor.answer(parsed, limit))
     assert response.id == query.id
@@ -386,13 +392,7 @@ async def test_cached_recursive_answers_are_served_by_the_fast_path_with_the_slo
             (qname, qname.upper()), [(False, False, False, True), (True, False, False, True),
                                      (True, True, True, True), (True, False, False, False)]
         ):
-            query = dns.message.make_query(spelling, qtype, use_edns=0 if edns else False, payload=1232,
-                                           want_dnssec=do)
-            if cd:
-                query.flags |= dns.flags.CD
-            if not rd:
-                query.flags &= ~dns.flags.RD
-            data = query.to_wire()
+            data = make_query(spelling, qtype, edns=edns, do=do, cd=cd, rd=rd).to_wire()
             first = await _settle(fast.respond(data, "127.0.0.1", False))
             second = fast.respond(data, "127.0.0.1", False)
             reference = await _settle(slow.respond(data, "127.0.0.1", False))

@@ -173,7 +173,9 @@ class Handler:
         self.edns_size = config.edns_udp_size
         self.fast_path = True
         self._responses: dict[bytes, tuple[bytes, Labels, Labels]] = {}
-        self._keys_by_name: dict[str, list[bytes]] = {}
+        # name -> keys of responses built from it; a set, so a key re-stored after an invalidation
+        # through another of its names is not listed twice
+        self._keys_by_name: dict[str, set[bytes]] = {}
         self._volatile: set[bytes] = set()
         self._recursive: dict[bytes, CachedAnswer] = {}
         self._outstanding = 0
@@ -221,7 +223,7 @@ class Handler:
         if answer.volatile:
             self._volatile.add(key)
         for name in answer.names:
-            self._keys_by_name.setdefault(name, []).append(key)
+            self._keys_by_name.setdefault(name, set()).add(key)
 
     # ---- entry point ----------------------------------------------------------------------------
 
@@ -292,7 +294,8 @@ class Handler:
             flags |= _FLAG_CD
         if self.acl.allows(host):
             flags |= _FLAG_RECURSE
-        return data[12:qend].lower() + bytes((flags,)), qend, limit
+        # Only the name folds case: the type and class octets are numbers (65, HTTPS, is "A").
+        return data[12 : end + 1].lower() + data[end + 1 : qend] + bytes((flags,)), qend, limit
 
     def fast(self, data: bytes, host: str, tcp: bool) -> bytes | None:
         """A stored response patched for this query, or None when the slow path must decide."""

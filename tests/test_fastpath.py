@@ -159,3 +159,16 @@ def test_not_synced_zone_answers_servfail_and_is_not_served_stale() -> None:
     assert handler.fast(data, "127.0.0.1", False) is None
     reply = handler.slow(data, "127.0.0.1", False)
     assert isinstance(reply, bytes) and reply[3] & 0xF == dns.rcode.NXDOMAIN
+
+
+def test_the_key_folds_the_names_case_but_never_the_type_or_class() -> None:
+    """Type 65 (HTTPS) is the octet "A" and type 97 is "a": folding them would let one answer the other."""
+    handler = _handler()
+    keys = set()
+    for qtype in (65, 97, 0x4101, 0x6101):
+        query = dns.message.make_query(f"Sample-Service.default.svc.{Z}", qtype, use_edns=False)
+        found = handler.fast_key(query.to_wire(), "127.0.0.1")
+        assert found is not None
+        assert found[0].startswith(f"\x0esample-service\x07default\x03svc\x02c2\x03k8s\x03ooo\x00".encode())
+        keys.add(found[0])
+    assert len(keys) == 4

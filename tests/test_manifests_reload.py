@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import dns.rcode
+import yaml
 
-from tests.dnsd_process import DnsdProcess, rdata_texts
+from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
 
 Z = "c2.k8s.ooo"
 
@@ -89,3 +93,22 @@ def test_invalid_objects_are_skipped_with_a_warning(tmp_path: Path) -> None:
         assert ttl_bad.answer[0].ttl == 30  # the bad annotation is ignored, not the service
         assert proc.query(f"ext.default.svc.{Z}", "CNAME").rcode() == dns.rcode.NXDOMAIN
         assert "Traceback" not in proc.output()
+
+
+def test_json_manifests_serve_the_same_names_and_bad_json_is_one_error(tmp_path: Path) -> None:
+    """`kubectl get -o json` output is read too (fast: the form for large clusters), and reloads."""
+    objects = yaml.safe_load(EXAMPLE_MANIFESTS.read_text())
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(objects))
+    with DnsdProcess("--zone", "c2.k8s.ooo", "--source", f"file:{path}", "--recursion", "off") as proc:
+        reply = proc.query("sample-service.default.svc.c2.k8s.ooo", "AAAA")
+        assert rdata_texts(reply, "AAAA") == ["2001:db8:42::10"]
+        assert rdata_texts(proc.query("frontend.shop.svc.c2.k8s.ooo", "A"), "A") == ["10.96.0.20"]
+        path.write_text(json.dumps(objects).replace("2001:db8:42::10", "2001:db8:42::77"))
+        _wait_for(proc, "sample-service.default.svc.c2.k8s.ooo", ["2001:db8:42::77"], 2.0)
+    path.write_text('{"kind": "List", "items": [')
+    broken = subprocess.run([sys.executable, "-m", "dnsd", "--zone", "c2.k8s.ooo", "--source", f"file:{path}",
+                             "--listen", "127.0.0.1:0", "--http", "off"], capture_output=True, text=True, timeout=30)
+    assert broken.returncode == 3
+    errors = [line for line in broken.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "invalid JSON" in errors[0] and str(path) in errors[0]

@@ -1,7 +1,8 @@
 """The manifests source: `--source file:PATH`, a file of Kubernetes objects kept in the zone.
 
 The file holds what `kubectl get svc,endpointslices -A -o yaml` prints (a `kind: List`), or
-multi-document YAML of Services, EndpointSlices and Namespaces; other kinds are ignored. It is
+multi-document YAML of Services, EndpointSlices and Namespaces, or the same as JSON (`-o json`, which
+loads a hundred times faster: the form for large clusters); other kinds are ignored. It is
 re-read when its identity or modification time changes (checked every `POLL_INTERVAL` seconds: a
 stat call, cheap, and it also sees a ConfigMap volume's symlink swap), and the new state goes through
 `ZoneIndex.replace`, which touches only what differs. A file that cannot be read or parsed logs one
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -36,21 +38,41 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between checks of the file: answers follow an edit within this delay plus parsing time.
 POLL_INTERVAL = 0.25
-#: libyaml's safe loader parses a large file about ten times faster than the pure-Python one.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 
 
 def parse_manifests(text: str, origin: str) -> Loaded:
-    """Services, EndpointSlices and Namespaces from YAML text; raises SourceError if unparsable."""
+    """Services, EndpointSlices and Namespaces from YAML (or JSON) text; raises SourceError if unparsable.
+
+    JSON (`kubectl get ... -o json`) is read with the json module, a hundred times faster than YAML:
+    the way to feed dnsd a large file. YAML goes through the pure-Python safe loader on purpose:
+    libyaml's CSafeLoader is faster but keeps most of what it parsed alive (1.1 GB after a
+    100,000-Service file, measured) and holds the GIL for the whole parse, while this one lets the
+    event loop run every few milliseconds from its thread.
+    """
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise SourceError(f"{origin}: invalid JSON: {exc}") from None
+        documents = parsed if isinstance(parsed, list) else [parsed]
+    else:
+        documents = _load_yaml(text, origin)
+    return _from_documents(documents, origin)
+
+
+def _load_yaml(text: str, origin: str) -> list[Any]:
     try:
-        documents = list(yaml.load_all(text, Loader=_LOADER))  # a safe loader, C when available
+        return list(yaml.safe_load_all(text))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise SourceError(f"{origin}: invalid YAML{where}: {problem}") from None
+
+
+def _from_documents(documents: list[Any], origin: str) -> Loaded:
     objects: list[dict[str, Any]] = []
     for document in documents:
         if document is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import dns.rcode
 import yaml
 
+from dnsd.kube.manifests import CHILD_PARSE_BYTES
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
 
 Z = "c2.k8s.ooo"
@@ -112,3 +113,25 @@ def test_json_manifests_serve_the_same_names_and_bad_json_is_one_error(tmp_path:
     assert broken.returncode == 3
     errors = [line for line in broken.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "invalid JSON" in errors[0] and str(path) in errors[0]
+
+
+def test_a_large_file_is_parsed_in_a_child_process_and_reloads(tmp_path: Path) -> None:
+    """Past CHILD_PARSE_BYTES the file is parsed by a short-lived child: same answers, same reloads."""
+    def cluster(address_base: int) -> str:
+        ports = [{"name": "http", "port": 80}]
+        items = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc{i}", "namespace": "big"},
+                  "spec": {"clusterIPs": [f"2001:db8:42::{address_base + i:x}"], "ports": ports}}
+                 for i in range(1500)]
+        return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
+
+    path = tmp_path / "big.yaml"
+    path.write_text(cluster(0x1000))
+    assert path.stat().st_size > CHILD_PARSE_BYTES
+    with DnsdProcess("--zone", "c2.k8s.ooo", "--source", f"file:{path}", "--recursion", "off") as proc:
+        assert rdata_texts(proc.query("svc1499.big.svc.c2.k8s.ooo", "AAAA"), "AAAA") == ["2001:db8:42::15db"]
+        path.write_text(cluster(0x3000))
+        _wait_for(proc, "svc0.big.svc.c2.k8s.ooo", ["2001:db8:42::3000"], 10.0)
+        path.write_text(cluster(0x3000) + "\n  broken: [")
+        proc.wait_for_log("invalid YAML", timeout=10)
+        assert rdata_texts(proc.query("svc7.big.svc.c2.k8s.ooo", "AAAA"), "AAAA") == ["2001:db8:42::3007"]
+    assert "Traceback" not in proc.output()

@@ -5,7 +5,9 @@ multi-document YAML of Services, EndpointSlices and Namespaces, or the same as J
 loads a hundred times faster: the form for large clusters); other kinds are ignored. It is
 re-read when its identity or modification time changes (checked every `POLL_INTERVAL` seconds: a
 stat call, cheap, and it also sees a ConfigMap volume's symlink swap), and the new state goes through
-`ZoneIndex.replace`, which touches only what differs. A file that cannot be read or parsed logs one
+`ZoneIndex.replace`, which touches only what differs. Reloads are parsed off the event loop: in a
+thread for small files, in a short-lived child process for large ones (their parse would otherwise
+hold the GIL for seconds and leave its peak memory in the server). A file that cannot be read or parsed logs one
 error and leaves the last good data in place; at start-up there is no good data yet, so the first
 failure stops dnsd with one line instead.
 """
@@ -16,7 +18,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +42,19 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between checks of the file: answers follow an edit within this delay plus parsing time.
 POLL_INTERVAL = 0.25
+#: Files larger than this (a few hundred Services) are parsed in a short-lived child process.
+CHILD_PARSE_BYTES = 128 * 1024
 
 Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 
 
-def parse_manifests(text: str, origin: str) -> Loaded:
+def parse_manifests(text: str, origin: str, fast_yaml: bool = False) -> Loaded:
     """Services, EndpointSlices and Namespaces from YAML (or JSON) text; raises SourceError if unparsable.
 
-    JSON (`kubectl get ... -o json`) is read with the json module, a hundred times faster than YAML:
-    the way to feed dnsd a large file. YAML goes through the pure-Python safe loader on purpose:
-    libyaml's CSafeLoader is faster but keeps most of what it parsed alive (1.1 GB after a
-    100,000-Service file, measured) and holds the GIL for the whole parse, while this one lets the
-    event loop run every few milliseconds from its thread.
+    JSON (`kubectl get ... -o json`) is read with the json module, a hundred times faster than YAML.
+    `fast_yaml` picks libyaml's CSafeLoader, several times faster than the pure-Python loader but
+    it keeps most of what it parsed alive (1.1 GB after a 100,000-Service file, measured), so it is
+    only used in the short-lived child process that parses large files (see `ManifestSource`).
     """
     if text.lstrip()[:1] in ("{", "["):
         try:
@@ -58,13 +63,14 @@ def parse_manifests(text: str, origin: str) -> Loaded:
             raise SourceError(f"{origin}: invalid JSON: {exc}") from None
         documents = parsed if isinstance(parsed, list) else [parsed]
     else:
-        documents = _load_yaml(text, origin)
+        documents = _load_yaml(text, origin, fast_yaml)
     return _from_documents(documents, origin)
 
 
-def _load_yaml(text: str, origin: str) -> list[Any]:
+def _load_yaml(text: str, origin: str, fast: bool) -> list[Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if fast else yaml.SafeLoader
     try:
-        return list(yaml.safe_load_all(text))
+        return list(yaml.load_all(text, Loader=loader))  # both are safe loaders
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -99,6 +105,15 @@ def _from_documents(documents: list[Any], origin: str) -> Loaded:
         except InvalidObject as exc:
             logger.warning("%s: skipped: %s", origin, exc)
     return services, slices, namespaces
+
+
+def parse_bytes(raw: bytes, origin: str, fast_yaml: bool) -> Loaded:
+    """`parse_manifests` on the file's bytes (module level: a child process runs it for large files)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SourceError(f"{origin}: not UTF-8 text") from None
+    return parse_manifests(text, origin, fast_yaml)
 
 
 class ManifestSource:
@@ -137,11 +152,13 @@ class ManifestSource:
         digest = hashlib.sha256(raw).digest()
         if digest == self._digest:
             return None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SourceError(f"{self.path}: not UTF-8 text") from None
-        return digest, parse_manifests(text, str(self.path))
+        if len(raw) <= CHILD_PARSE_BYTES:
+            return digest, parse_bytes(raw, str(self.path), False)
+        # A large file: parse it in a child process that exits afterwards, so that neither the
+        # parse's peak memory nor its CPU time (it would hold the GIL) is ever the server's.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as child:
+            return digest, child.submit(parse_bytes, raw, str(self.path), True).result()
 
     def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
         if parsed is None:

@@ -169,6 +169,6 @@ def test_the_key_folds_the_names_case_but_never_the_type_or_class() -> None:
         query = dns.message.make_query(f"Sample-Service.default.svc.{Z}", qtype, use_edns=False)
         found = handler.fast_key(query.to_wire(), "127.0.0.1")
         assert found is not None
-        assert found[0].startswith(f"\x0esample-service\x07default\x03svc\x02c2\x03k8s\x03ooo\x00".encode())
+        assert found[0].startswith(b"\x0esample-service\x07default\x03svc\x02c2\x03k8s\x03ooo\x00")
         keys.add(found[0])
     assert len(keys) == 4

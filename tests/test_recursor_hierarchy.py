@@ -188,7 +188,10 @@ async def test_nodata_stays_nodata(hierarchy: Hierarchy, mode: str) -> None:
     assert response.rcode() == dns.rcode.NOERROR
     assert response.answer == []
     assert response.authority[0].rdtype == dns.rdatatype.SOA
-    assert response.authority[0].ttl == 300  # RFC 2308 5: min(SOA TTL, minimum)
+    # RFC 2308 5: min(SOA TTL 3600, minimum 300); in forward mode the upstream Unbound may have had it
+    # cached for a few seconds already (other tests of this module ask it too)
+    ttl = response.authority[0].ttl
+    assert ttl == 300 if mode == "iterate" else 295 <= ttl <= 300
 
 
 @pytest.mark.parametrize("mode", MODES)

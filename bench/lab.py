@@ -53,6 +53,10 @@ import dns.rcode
 import dns.rdatatype
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.hierarchy import require  # noqa: E402  # the tests' tool lookup, with its package hints
+
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 RESULTS = REPO / "bench" / "results"
 
@@ -86,19 +90,6 @@ def free_port(host: str = HOST) -> int:
                     continue
                 return port
     raise RuntimeError("no free port on loopback")
-
-
-def require(tool: str) -> str:
-    """The path of a Debian tool, or a clear error naming the package."""
-    for directory in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
-        path = Path(directory) / tool
-        if path.exists():
-            return str(path)
-    found = shutil.which(tool)
-    if not found:
-        package = {"knotd": "knot", "dnsperf": "dnsperf", "taskset": "util-linux"}.get(tool, tool)
-        raise RuntimeError(f"{tool} not found: install the Debian package {package}")
-    return found
 
 
 def children(pid: int) -> list[int]:

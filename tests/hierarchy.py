@@ -133,15 +133,20 @@ class MissingTool(RuntimeError):
     pass
 
 
+#: Debian packages of the tools whose names differ from their package's.
+PACKAGES = {"knotd": "knot", "taskset": "util-linux"}
+
+
 def require(tool: str) -> str:
+    """The path of a Debian tool (sbin first: root's PATH is not always everyone's), or a clear error."""
     for directory in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
         path = Path(directory) / tool
         if path.exists():
             return str(path)
     found = shutil.which(tool)
     if not found:
-        raise MissingTool(f"{tool} not found: install the Debian package "
-                          f"{'knot' if tool == 'knotd' else tool} (CI installs it)")
+        raise MissingTool(f"{tool} not found: install the Debian package {PACKAGES.get(tool, tool)} "
+                          "(scripts/test installs it)")
     return found
 
 

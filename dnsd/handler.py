@@ -57,6 +57,8 @@ _ONE_QUESTION_ONLY = b"\x00\x01\x00\x00\x00\x00"
 
 Reply = bytes | None | Awaitable[bytes | None]
 Labels = tuple[str, str, str, str]
+#: What `Handler.fast_key` finds in a plain query: (cache key, end of question, client's UDP limit).
+FastKey = tuple[bytes, int, int]
 _TTL = struct.Struct("!I")
 
 
@@ -216,10 +218,8 @@ class Handler:
             self._responses.clear()
             self._keys_by_name.clear()
             self._volatile.clear()
-        # RD is copied from each query at send time, so the template carries it clear.
-        template = response[:2] + bytes((response[2] & 0xFE,)) + response[3:]
         qt, rc = qtype_label(qtype), rcode_label(rcode)
-        self._responses[key] = (template, ("udp", qt, rc, source), ("tcp", qt, rc, source))
+        self._responses[key] = (_template(response), ("udp", qt, rc, source), ("tcp", qt, rc, source))
         if answer.volatile:
             self._volatile.add(key)
         for name in answer.names:
@@ -228,10 +228,15 @@ class Handler:
     # ---- entry point ----------------------------------------------------------------------------
 
     def respond(self, data: bytes, host: str, tcp: bool) -> Reply:
-        """The response to one query: bytes, None to drop, or a coroutine when recursion is needed."""
-        reply: Reply = self.fast(data, host, tcp) if self.fast_path else None
+        """The response to one query: bytes, None to drop, or an awaitable when recursion is needed.
+
+        The fast-path key is worked out once: the slow path stores its answer under the same key.
+        """
+        started = time.perf_counter()
+        found = self.fast_key(data, host)
+        reply: Reply = self._serve(found, data, tcp, started) if self.fast_path and found is not None else None
         if reply is None:
-            reply = self.slow(data, host, tcp)
+            reply = self._slow(data, host, tcp, found)
         if self.rrl is not None and not tcp and isinstance(reply, bytes):
             return self._rate_limit(reply, host)
         return reply
@@ -252,7 +257,7 @@ class Handler:
         self.stats.rate_limited("dropped")
         return None
 
-    def fast_key(self, data: bytes, host: str) -> tuple[bytes, int, int] | None:
+    def fast_key(self, data: bytes, host: str) -> FastKey | None:
         """(cache key, end of question, client's UDP limit) for a plain query, or None for anything else.
 
         Plain means: a QUERY with only RD among the first flag octet, one question, no answer or
@@ -301,8 +306,9 @@ class Handler:
         """A stored response patched for this query, or None when the slow path must decide."""
         started = time.perf_counter()
         found = self.fast_key(data, host)
-        if found is None:
-            return None
+        return None if found is None else self._serve(found, data, tcp, started)
+
+    def _serve(self, found: FastKey, data: bytes, tcp: bool, started: float) -> bytes | None:
         key, qend, limit = found
         entry = self._responses.get(key)
         if entry is not None:
@@ -330,6 +336,9 @@ class Handler:
 
     def slow(self, data: bytes, host: str, tcp: bool) -> Reply:
         """Full decode, decide, encode; stores zone answers for the fast path."""
+        return self._slow(data, host, tcp, self.fast_key(data, host))
+
+    def _slow(self, data: bytes, host: str, tcp: bool, found: FastKey | None) -> Reply:
         started = time.perf_counter()
         transport = "tcp" if tcp else "udp"
         try:
@@ -357,31 +366,30 @@ class Handler:
                                 wire.SERVFAIL, "error", transport, started, host)
         if result is None:
             if self.recursor is not None and may_recurse:  # RD clear: the recursor answers from cache only
-                return self._start_recursion(data, query, limit, transport, started, host)
+                return self._start_recursion(found, query, limit, transport, started, host)
             reply = wire.encode_error(query, wire.REFUSED, ra, self.edns_size)
             if not ra:  # with recursion available, RD (not part of the key) decides: never store
-                self._maybe_store(data, host, reply, None, query, wire.REFUSED, "refused")
+                self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         full = wire.encode(query, result.response, ra, 65535, self.edns_size)
         rcode = result.response.rcode
         if len(full) <= limit:
-            self._maybe_store(data, host, full, result, query, rcode, "zone")
+            self._maybe_store(found, full, result, query, rcode, "zone")
             reply = full
         else:
             reply = wire.encode(query, result.response, ra, limit, self.edns_size)
         return self._finish(reply, query, rcode, "zone", transport, started, host)
 
-    def _maybe_store(self, data: bytes, host: str, reply: bytes, result: authority.Answer | None,
+    def _maybe_store(self, found: FastKey | None, reply: bytes, result: authority.Answer | None,
                      query: wire.Query, rcode: int, source: str) -> None:
-        found = self.fast_key(data, host)
         if found is None:
             return
         if result is None:  # REFUSED for a name outside the zones: depends on nothing in the zone
             result = authority.Answer(wire.Response(), set(), False, self.zone.apexes[0])
         self._store(found[0], reply, result, query.qtype, rcode, source)
 
-    def _start_recursion(self, data: bytes, query: wire.Query, limit: int, transport: str, started: float,
-                         host: str) -> Reply:
+    def _start_recursion(self, found: FastKey | None, query: wire.Query, limit: int, transport: str,
+                         started: float, host: str) -> Reply:
         """Admit one recursive query under the outstanding limits, or answer SERVFAIL at once.
 
         The limits bound the memory a flood of unanswerable names (or a slow upstream) can pin:
@@ -395,7 +403,7 @@ class Handler:
         else:
             self._outstanding += 1
             self._outstanding_by_client[host] = per_client + 1
-            task = asyncio.ensure_future(self._recurse(data, query, limit, transport, started, host))
+            task = asyncio.ensure_future(self._recurse(found, query, limit, transport, started, host))
             # a done callback runs even when the task is cancelled before it starts (client gone)
             task.add_done_callback(lambda _task: self._release(host))
             return task
@@ -410,8 +418,8 @@ class Handler:
         else:
             self._outstanding_by_client.pop(host, None)
 
-    async def _recurse(self, data: bytes, query: wire.Query, limit: int, transport: str, started: float,
-                       host: str) -> bytes | None:
+    async def _recurse(self, found: FastKey | None, query: wire.Query, limit: int, transport: str,
+                       started: float, host: str) -> bytes | None:
         if self.recursor is None:  # only called when recursion is configured
             return None
         try:
@@ -420,16 +428,13 @@ class Handler:
             logger.exception("recursion failed for %s/%d", query.qname, query.qtype)
             reply, source = wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), "error"
         rcode = reply[3] & 0xF if len(reply) >= 4 else wire.SERVFAIL
-        if source in ("cache", "recursion", "dns64") and rcode in (wire.NOERROR, wire.NXDOMAIN):
-            self._store_recursive(data, host, reply, query.qtype, rcode, source)
+        if found is not None and source in ("cache", "recursion", "dns64") and rcode in (wire.NOERROR, wire.NXDOMAIN):
+            self._store_recursive(found, reply, query.qtype, rcode, source)
         return self._finish(reply, query, rcode, source, transport, started, host)
 
-    def _store_recursive(self, data: bytes, host: str, reply: bytes, qtype: int, rcode: int, source: str) -> None:
+    def _store_recursive(self, found: FastKey, reply: bytes, qtype: int, rcode: int, source: str) -> None:
         """Keep a complete recursive answer for the fast path, to be served until its shortest TTL ends."""
         if reply[2] & 0x02:  # truncated: the full answer needs TCP, the slow path handles that
-            return
-        found = self.fast_key(data, host)
-        if found is None:
             return
         key, qend, _ = found
         positions = ttl_positions(reply, qend)
@@ -439,8 +444,7 @@ class Handler:
             self._recursive.clear()
         label = "dns64" if source == "dns64" else "cache"  # a repeat is a cache hit by definition
         qt, rc = qtype_label(qtype), rcode_label(rcode)
-        template = reply[:2] + bytes((reply[2] & 0xFE,)) + reply[3:]
-        self._recursive[key] = CachedAnswer(template, time.monotonic(), *positions,
+        self._recursive[key] = CachedAnswer(_template(reply), time.monotonic(), *positions,
                                             ("udp", qt, rc, label), ("tcp", qt, rc, label))
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
@@ -453,3 +457,7 @@ class Handler:
                               source, len(reply))
         return reply
 
+
+def _template(reply: bytes) -> bytes:
+    """A reply as stored for the fast path: RD is copied from each query at send time, so it is kept clear."""
+    return reply[:2] + bytes((reply[2] & 0xFE,)) + reply[3:]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rdatatype
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_MANIFESTS = REPO / "examples" / "cluster.yaml"
@@ -140,6 +142,20 @@ class DnsdProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    # ---- metrics --------------------------------------------------------------------------------
+
+    def metric_samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of every sample called `name` on /metrics (needs `http=`)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=3) as r:
+            text = r.read().decode()
+        return [(dict(sample.labels), sample.value) for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == name]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples called `name` whose labels include `labels`."""
+        return sum(value for found, value in self.metric_samples(name)
+                   if all(found.get(k) == v for k, v in labels.items()))
 
     # ---- queries --------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import dns.flags
@@ -26,7 +25,6 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import EXAMPLE_ARGS
 from tests.dnsd_process import DnsdProcess
@@ -34,13 +32,6 @@ from tests.dnsd_process import DnsdProcess
 Z = "c2.k8s.ooo"
 NAME = f"sample-service.default.svc.{Z}"
 RATE = 10
-
-
-def metric(proc: DnsdProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=3) as r:
-        text = r.read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
 def burst(proc: DnsdProcess, source: str, names: list[str], qtype: str = "AAAA",
@@ -90,8 +81,8 @@ def test_rrl_limits_one_network_and_slips_truncated_answers(limited: DnsdProcess
     limited_count = 200 - full
     assert abs(truncated - limited_count / 2) <= 1  # slip 2: every second limited response is TC
     assert lost == limited_count - truncated
-    assert metric(limited, "dnsd_rrl_responses_total", action="slipped") >= truncated
-    assert metric(limited, "dnsd_rrl_responses_total", action="dropped") >= lost
+    assert limited.metric("dnsd_rrl_responses_total", action="slipped") >= truncated
+    assert limited.metric("dnsd_rrl_responses_total", action="dropped") >= lost
 
     # The same second, the same network: another question has its own bucket, TCP is never
     # limited; another /24 and a client allowed to recurse are answered in full.
@@ -146,9 +137,9 @@ def test_tcp_connection_limits_per_client_and_total() -> None:
         assert all(tcp_works(c) for c in others)
         over_total = connect("127.0.3.9")
         assert not tcp_works(over_total)  # five open in total
-        assert metric(proc, "dnsd_limit_hits_total", limit="tcp_per_client") == 1
-        assert metric(proc, "dnsd_limit_hits_total", limit="tcp_connections") == 1
-        assert metric(proc, "dnsd_tcp_connections") == 5
+        assert proc.metric("dnsd_limit_hits_total", limit="tcp_per_client") == 1
+        assert proc.metric("dnsd_limit_hits_total", limit="tcp_connections") == 1
+        assert proc.metric("dnsd_tcp_connections") == 5
 
         first.pop().close()
         deadline = time.monotonic() + 3
@@ -276,8 +267,8 @@ def test_recursion_outstanding_limits_answer_servfail_at_once() -> None:
         assert all(elapsed < 0.5 for rcode, elapsed in one + two if rcode == dns.rcode.SERVFAIL)
         assert all(elapsed >= 0.9 for rcode, elapsed in one + two if rcode == dns.rcode.NOERROR)
         assert upstream.received == 6
-        assert metric(proc, "dnsd_limit_hits_total", limit="recursion_per_client") == 6
-        assert metric(proc, "dnsd_limit_hits_total", limit="recursion_outstanding") == 3
+        assert proc.metric("dnsd_limit_hits_total", limit="recursion_per_client") == 6
+        assert proc.metric("dnsd_limit_hits_total", limit="recursion_outstanding") == 3
 
         # the budget is back once they completed
         reply = proc.query("later.example", "A", rd=True, timeout=4)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import urllib.request
 from collections.abc import Iterator
 
 import dns.flags
 import dns.rcode
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
 from tests.hierarchy import UNBOUND_PLAIN, Hierarchy
@@ -33,27 +31,16 @@ def iterating(hierarchy: Hierarchy) -> Iterator[DnsdProcess]:
         yield proc
 
 
-def _metric(proc: DnsdProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=3) as r:
-        text = r.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 def test_dns64_synthesis_through_the_process(iterating: DnsdProcess) -> None:
-    before = _metric(iterating, "dnsd_queries_total", source="dns64")
+    before = iterating.metric("dnsd_queries_total", source="dns64")
     reply = iterating.query("a-only.dns64.test", "AAAA", rd=True, timeout=8)
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.flags & dns.flags.RA
     assert not reply.flags & dns.flags.AA
     assert rdata_texts(reply, "AAAA") == ["64:ff9b::102:304"]
     assert reply.answer[0].ttl <= 300  # RFC 6147 5.1.7: min(A TTL 900, SOA minimum 300)
-    assert _metric(iterating, "dnsd_queries_total", source="dns64") == before + 1
-    assert _metric(iterating, "dnsd_dns64_synthesized_total") >= 1
+    assert iterating.metric("dnsd_queries_total", source="dns64") == before + 1
+    assert iterating.metric("dnsd_dns64_synthesized_total") >= 1
 
 
 def test_plain_resolution_and_nxdomain(iterating: DnsdProcess) -> None:
@@ -85,10 +72,10 @@ def test_rd_clear_is_answered_from_cache_only(iterating: DnsdProcess) -> None:
 
 
 def test_ipv4only_arpa_is_answered_locally(iterating: DnsdProcess) -> None:
-    upstream_before = _metric(iterating, "dnsd_upstream_queries_total")
+    upstream_before = iterating.metric("dnsd_upstream_queries_total")
     reply = iterating.query("ipv4only.arpa", "AAAA", rd=True, timeout=5)
     assert rdata_texts(reply, "AAAA") == ["64:ff9b::c000:aa", "64:ff9b::c000:ab"]
-    assert _metric(iterating, "dnsd_upstream_queries_total") == upstream_before
+    assert iterating.metric("dnsd_upstream_queries_total") == upstream_before
 
 
 def test_large_recursive_answer_truncates_then_tcp(iterating: DnsdProcess) -> None:

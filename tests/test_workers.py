@@ -19,20 +19,12 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess
 from tests.fakekube import FakeKube, endpoint_slice, service
 
 Z = "c2.k8s.ooo"
 NAME = f"sample-service.default.svc.{Z}"
-
-
-def samples(proc: DnsdProcess, name: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=3) as r:
-        text = r.read().decode()
-    return {",".join(f"{v}" for v in s.labels.values()): s.value for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == name}
 
 
 def readyz(proc: DnsdProcess) -> int:
@@ -91,9 +83,9 @@ async def test_workers_share_the_port_and_answer_identically(tmp_path: Path) -> 
         assert len(set(soas)) == 1  # the same serial too
 
         await asyncio.sleep(1.3)  # followers report their counters once a second
-        per_worker = samples(proc, "dnsd_worker_queries_total")
+        per_worker = {labels["worker"]: value for labels, value in proc.metric_samples("dnsd_worker_queries_total")}
         assert set(per_worker) == {"0", "1", "2"} and all(v > 0 for v in per_worker.values()), per_worker
-        total = sum(samples(proc, "dnsd_queries_total").values())
+        total = proc.metric("dnsd_queries_total")
         assert total == sum(per_worker.values()) >= 260
 
         # A change reaches every process, under one new serial.

@@ -193,9 +193,12 @@ async def follow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, zon
                  stopping: asyncio.Event, is_ready: Any) -> None:
     """A follower's source: apply published batches, report statistics, stop when told or orphaned."""
 
+    def send_stats() -> None:
+        writer.write(frame(("stats", stats.snapshot(), bool(is_ready()))))
+
     async def report() -> None:
         while True:
-            writer.write(frame(("stats", stats.snapshot(), bool(is_ready()))))
+            send_stats()
             await asyncio.sleep(REPORT_INTERVAL)
 
     reporter = asyncio.create_task(report())
@@ -207,7 +210,7 @@ async def follow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, zon
                 break
             if message[0] == "ops":
                 zone.follow(message[1], message[2])
-                writer.write(frame(("stats", stats.snapshot(), bool(is_ready()))))
+                send_stats()  # at once, so that readiness after the first snapshot is not a second late
             elif message[0] == "stop":
                 break
     finally:

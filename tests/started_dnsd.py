@@ -17,6 +17,8 @@ import dns.message
 import dns.query
 import pytest
 
+from tests.dnsd_process import EXAMPLE_MANIFESTS
+
 
 def free_port() -> int:
     """A loopback port free for both UDP and TCP."""
@@ -31,6 +33,12 @@ def free_port() -> int:
                     continue
                 return port
     raise RuntimeError("no free loopback port")
+
+
+def example_flags(port: int) -> list[str]:
+    """The example cluster as source, a loopback listener on `port`, no HTTP, no lame duck."""
+    return ["--source", f"file:{EXAMPLE_MANIFESTS}", "--listen", f"127.0.0.1:{port}", "--http", "off",
+            "--lame-duck", "0"]
 
 
 def query_soa(

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from dnsd import config as dnsd_config
-from tests.started_dnsd import free_port, query_soa, stop
+from tests.started_dnsd import example_flags, free_port, query_soa, stop
 
 # The first test to ask for helm may download it (about 60 MB); every subprocess has its own timeout.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
@@ -582,21 +582,7 @@ def test_dnsd_serves_the_rendered_config(helm: str, values: Path | None, tmp_pat
     config_path.write_text(only(objects, "ConfigMap")["data"]["dnsd.yaml"], encoding="utf-8")
     zone = dnsd_yaml(objects)["zone"]
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "dnsd",
-        "--config",
-        str(config_path),
-        "--source",
-        f"file:{EXAMPLE_MANIFESTS}",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--http",
-        "off",
-        "--lame-duck",
-        "0",
-    ]
+    command = [sys.executable, "-m", "dnsd", "--config", str(config_path), *example_flags(port)]
     log = tmp_path / "dnsd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)

@@ -31,7 +31,7 @@ import dns.rdatatype
 import pytest
 
 import dnsd
-from tests.started_dnsd import free_port, query_soa, stop
+from tests.started_dnsd import example_flags, free_port, query_soa, stop
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -345,19 +345,7 @@ def test_installed_dnsd_answers_the_zone_soa(installed: Path, tmp_path: Path) ->
     if not EXAMPLE_MANIFESTS.is_file():
         pytest.fail(f"{EXAMPLE_MANIFESTS} is missing")
     port = free_port()
-    command = [
-        "dnsd",
-        "--zone",
-        ZONE,
-        "--source",
-        f"file:{EXAMPLE_MANIFESTS}",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--http",
-        "off",
-        "--lame-duck",
-        "0",
-    ]
+    command = ["dnsd", "--zone", ZONE, *example_flags(port)]
     log = tmp_path / "dnsd.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

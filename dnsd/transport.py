@@ -7,6 +7,17 @@ out of order when one needs recursion), an idle timeout that closes quiet connec
 that trickle a partial message), reading paused while a client leaves its answers unread, and
 bounded connection counts (total and per client) so that a flood of idle connections cannot exhaust
 memory.
+
+A client that stops reading its answers is *aborted*, not closed (RFC 7766 6.2.2-6.2.3 and 10):
+`close()` waits for the unsent output to drain, which never happens when the client has stopped
+reading, so the connection would keep its slot in the connection limits for as long as the client
+liked (and pin its buffers). Writes paused for longer than the idle timeout (the write timeout), or
+an idle timer that fires while output is still queued (in our buffer, or unsent or unacknowledged
+in the kernel's send queue, which grows to megabytes by itself), reset the connection at once
+(SO_LINGER 0, so that the kernel drops its queue too instead of keeping an orphan). While writes
+are paused no further queries are answered: complete messages already read wait in the connection's
+buffer, so what one connection holds in memory is bounded by the transport's high-water mark plus
+one read.
 All sockets set SO_REUSEPORT so that `--workers` processes can share the ports.
 """
 
@@ -14,8 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -104,6 +118,21 @@ class UdpProtocol(asyncio.DatagramProtocol):
         logger.debug("UDP error: %s", exc)  # ICMP unreachable from a vanished client: nothing to do
 
 
+_LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST and drops the send queue
+_QUEUE_SIZE = struct.Struct("i")
+
+
+def _kernel_send_queue(transport: asyncio.BaseTransport) -> int:
+    """Bytes in the kernel's send queue (unsent or unacknowledged) of a TCP transport; 0 when unknown."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        return int(_QUEUE_SIZE.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, ValueError):
+        return 0
+
+
 class TcpServerState:
     """Connection accounting shared by all TCP listeners of a process."""
 
@@ -131,6 +160,7 @@ class TcpProtocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = False
         self.write_paused = False
+        self.write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's class is no subclass
@@ -154,6 +184,8 @@ class TcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
         if not self.accepted:
             return
         state = self.state
@@ -174,16 +206,41 @@ class TcpProtocol(asyncio.Protocol):
         self.idle = loop.call_later(self.state.idle_timeout, self._on_idle)
 
     def _on_idle(self) -> None:
-        if self.pending == 0 and self.transport is not None:
-            self.transport.close()  # RFC 7766 6.2.3: the server closes idle connections
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.write_paused or transport.get_write_buffer_size() or _kernel_send_queue(transport):
+            # Answers still unsent after an idle timeout: the client is not reading, and close()
+            # would wait for them forever (or the kernel would, for an orphan).
+            self._abort()
+        elif self.pending == 0:
+            transport.close()  # RFC 7766 6.2.3: the server closes idle connections
         else:
             self._arm_idle()
 
+    def _abort(self) -> None:
+        """Reset a connection whose client stopped reading (frees its slot and buffers at once)."""
+        LIMIT_HITS.labels("tcp_write_stalled").inc()
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.transport.abort()
+
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if self._process():
+            # Only whole messages restart the clock: a client trickling a byte now and then
+            # (slowloris) is still closed one idle timeout after its last complete query.
+            self._arm_idle()
+
+    def _process(self) -> bool:
+        """Answer the complete messages in the buffer until writes pause; True when there was one."""
         buffer = self.buffer
         complete = False
-        while len(buffer) >= 2:
+        while len(buffer) >= 2 and not self.write_paused:
             length = (buffer[0] << 8) | buffer[1]
             if len(buffer) < 2 + length:
                 break
@@ -191,20 +248,29 @@ class TcpProtocol(asyncio.Protocol):
             del buffer[: 2 + length]
             complete = True
             self._handle(message)
-        if complete:
-            # Only whole messages restart the clock: a client trickling a byte now and then
-            # (slowloris) is still closed one idle timeout after its last complete query.
-            self._arm_idle()
+        return complete
 
     def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its queries, so that answers cannot
-        # pile up in our send buffer without bound.
+        # The client is not reading its answers: stop reading (and answering) its queries, so that
+        # answers cannot pile up in our send buffer, and give it one idle timeout to catch up.
         self.write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
+        if self.write_timer is None:
+            self.write_timer = asyncio.get_running_loop().call_later(self.state.idle_timeout, self._write_stalled)
+
+    def _write_stalled(self) -> None:
+        self.write_timer = None
+        if self.write_paused and self.transport is not None and not self.transport.is_closing():
+            self._abort()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+        if self.transport is not None and not self.transport.is_closing() and self._process():
+            self._arm_idle()
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:

@@ -7,13 +7,23 @@ question many times a second; a reflected flood does, and gets throttled.
 
 How it decides, per response:
 * the bucket is (client network, response token): the network is the client's /24 (IPv4) or /56
-  (IPv6) by default, and the token is the question for positive answers, one shared token for all
-  negative answers (NXDOMAIN and NODATA: random names must not escape the limit by being different)
-  and one for errors (REFUSED, FORMERR, ...), as BIND's categories do;
+  (IPv6) by default, and the token is the response's class and its key, as BIND's and Knot's RRL
+  key them:
+  - positive answers: the question (name, type, class);
+  - NODATA (NOERROR without answers, referrals included): the name alone, so a browser's HTTPS
+    queries (NODATA for nearly every name) get one bucket per name, not one for all of them;
+  - NXDOMAIN: the zone (the owner of the SOA in the authority section), so random names, which
+    cannot escape the limit by being different, still share one bucket per zone;
+  - answers truncated for size (TC, no answers): a class of their own, per name, so that a few
+    large answers cannot use up the negative buckets;
+  - errors (REFUSED, FORMERR, BADVERS, ...): one bucket per network;
 * each bucket may send `responses_per_second` responses in each one-second window; beyond that,
-  every `slip`-th limited response goes out as an empty truncated answer (TC=1), so that a real
-  client behind the spoofed address retries over TCP (which RRL never limits), and the others are
-  dropped. slip 0 drops all, slip 1 truncates all;
+  every `slip`-th limited response *of that bucket* goes out as an empty truncated answer (TC=1),
+  so that a real client behind the spoofed address retries over TCP (which RRL never limits), and
+  the others are dropped. slip 0 drops all, slip 1 truncates all. The count is per bucket (as
+  BIND's): with one shared count, two limited networks taking turns would see one of them get
+  every TC and the other none, never able to fall back to TCP. A slip answer keeps the OPT record
+  of the answer it replaces (RFC 6891 7: a truncated response to an EDNS query carries OPT);
 * clients in `--allow-recursion` are exempt (the cluster's own pods must never be throttled), and so
   is TCP, whose source addresses are verified by the handshake.
 
@@ -33,25 +43,30 @@ MAX_BUCKETS = 200_000
 MAX_NETWORKS = 65_536
 
 SEND, DROP, SLIP = 0, 1, 2
-NEGATIVE_TOKEN = b"\x00negative"
+# Token classes: a leading zero octet cannot start a positive token (a question's name is never the
+# root with a type of 0xNN..., and these are longer than any collision would need to be).
+NODATA_CLASS = b"\x00nodata"
+NXDOMAIN_CLASS = b"\x00nxdomain"
+TRUNCATED_CLASS = b"\x00truncated"
 ERROR_TOKEN = b"\x00error"
 
 _NXDOMAIN = 3
+_TC = 0x02
+_SOA = 6
 
 
 class RateLimiter:
     """Per (client network, response token) counters over one-second windows."""
 
-    __slots__ = ("_buckets", "_limited", "_networks", "_v4", "_v6", "dropped", "rate", "slip", "slipped")
+    __slots__ = ("_buckets", "_networks", "_v4", "_v6", "dropped", "rate", "slip", "slipped")
 
     def __init__(self, rate: int, slip: int, ipv4_prefix: int = 24, ipv6_prefix: int = 56) -> None:
         self.rate = rate
         self.slip = slip
         self._v4 = ipv4_prefix
         self._v6 = ipv6_prefix
-        self._buckets: dict[tuple[bytes, bytes], list[int]] = {}  # -> [window second, count]
+        self._buckets: dict[tuple[bytes, bytes], list[int]] = {}  # -> [window second, count, limited]
         self._networks: dict[str, bytes] = {}
-        self._limited = 0
         self.dropped = 0
         self.slipped = 0
 
@@ -80,7 +95,7 @@ class RateLimiter:
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:
                 self._sweep(now)
-            self._buckets[bucket_key] = [now, 1]
+            self._buckets[bucket_key] = [now, 1, 0]
             return SEND  # rate is at least 1 whenever a limiter exists
         if bucket[0] != now:
             bucket[0] = now
@@ -89,11 +104,8 @@ class RateLimiter:
         bucket[1] += 1
         if bucket[1] <= self.rate:
             return SEND
-        return self._limit()
-
-    def _limit(self) -> int:
-        self._limited += 1
-        if self.slip and self._limited % self.slip == 0:
+        bucket[2] += 1  # kept across windows: the slip rhythm of a long flood stays even
+        if self.slip and bucket[2] % self.slip == 0:
             self.slipped += 1
             return SLIP
         self.dropped += 1
@@ -115,11 +127,92 @@ class RateLimiter:
 def token(reply: bytes, qend: int) -> bytes:
     """The response token of an encoded reply whose question ends at `qend` (see the module docstring)."""
     rcode = reply[3] & 0xF
-    if rcode == _NXDOMAIN or (rcode == 0 and reply[6] == 0 and reply[7] == 0):
-        return NEGATIVE_TOKEN
+    if rcode == 0 and reply[6] == 0 and reply[7] == 0:  # no answers
+        if _bare_badvers(reply, qend):  # an extended rcode in the OPT: an error, not NODATA
+            return ERROR_TOKEN
+        name = reply[12 : qend - 4].lower()
+        return (TRUNCATED_CLASS if reply[2] & _TC else NODATA_CLASS) + name
+    if rcode == _NXDOMAIN:
+        return NXDOMAIN_CLASS + _zone_of_negative(reply, qend)
     if rcode:
         return ERROR_TOKEN
     return reply[12:qend].lower()
+
+
+def _bare_badvers(reply: bytes, qend: int) -> bool:
+    """Whether the reply is the question plus an OPT with an extended rcode (BADVERS), and nothing else."""
+    return (len(reply) == qend + 11 and reply[8] == reply[9] == reply[10] == reply[qend] == 0 and reply[11] == 1
+            and reply[qend + 2] == 41 and reply[qend + 1] == 0 and reply[qend + 5] != 0)
+
+
+def _opt_record(reply: bytes, qend: int) -> bytes:
+    """The reply's OPT record as bytes (b"" when it has none): the records are walked, not guessed."""
+    count = sum(((reply[i] << 8) | reply[i + 1]) for i in (6, 8, 10))
+    offset = qend
+    length = len(reply)
+    try:
+        for _ in range(count):
+            start = offset
+            while True:  # the owner: labels, then a zero or a pointer
+                label = reply[offset]
+                if label & 0xC0 == 0xC0:
+                    offset += 2
+                    break
+                offset += 1 + label
+                if label == 0:
+                    break
+            end = offset + 10 + ((reply[offset + 8] << 8) | reply[offset + 9])
+            if end > length:
+                return b""
+            if reply[offset] == 0 and reply[offset + 1] == 41:
+                return reply[start:end]
+            offset = end
+    except IndexError:
+        return b""
+    return b""
+
+
+def _zone_of_negative(reply: bytes, qend: int) -> bytes:
+    """The owner of the SOA in a negative reply's authority section (lower-case wire), or b"" if none.
+
+    The answer section (a CNAME chain that ends in NXDOMAIN) is skipped; names are read with
+    compression, bounded by the message. Malformed replies (never produced by our encoder) give b"".
+    """
+    count = ((reply[6] << 8) | reply[7]) + ((reply[8] << 8) | reply[9])
+    offset = qend
+    length = len(reply)
+    try:
+        for _ in range(count):
+            owner, after = _read_name(reply, offset)
+            if after + 10 > length:
+                return b""
+            rtype = (reply[after] << 8) | reply[after + 1]
+            if rtype == _SOA:
+                return owner.lower()
+            offset = after + 10 + ((reply[after + 8] << 8) | reply[after + 9])
+    except IndexError:
+        return b""
+    return b""
+
+
+def _read_name(message: bytes, offset: int) -> tuple[bytes, int]:
+    """(uncompressed wire name, offset after it); pointers only go backwards, so this ends."""
+    out = bytearray()
+    end = -1
+    while True:
+        label = message[offset]
+        if label & 0xC0 == 0xC0:
+            target = ((label & 0x3F) << 8) | message[offset + 1]
+            if end < 0:
+                end = offset + 2
+            if target >= offset:
+                raise IndexError("forward pointer")
+            offset = target
+            continue
+        out += message[offset : offset + 1 + label]
+        offset += 1 + label
+        if label == 0:
+            return bytes(out), (end if end >= 0 else offset)
 
 
 def question_end(message: bytes) -> int:
@@ -140,6 +233,11 @@ def question_end(message: bytes) -> int:
 
 
 def truncated(reply: bytes, qend: int) -> bytes:
-    """The slip answer: the reply's header with TC set and no records, only the question."""
-    return b"".join((reply[:2], bytes((reply[2] | 0x02, reply[3])), b"\x00\x01\x00\x00\x00\x00\x00\x00",
-                     reply[12:qend]))
+    """The slip answer: the reply's header with TC set, only the question, and the reply's OPT if any.
+
+    RFC 6891 7: a truncated response to a query with OPT must carry OPT too, or the client may
+    conclude that the server has no EDNS (during an attack, of all times).
+    """
+    opt = _opt_record(reply, qend) if reply[10] or reply[11] else b""
+    return b"".join((reply[:2], bytes((reply[2] | _TC, reply[3])), b"\x00\x01\x00\x00\x00\x00\x00",
+                     b"\x01" if opt else b"\x00", reply[12:qend], opt))

@@ -17,9 +17,12 @@ Clients use distinct source addresses in 127.0.0.0/8 (all local on Linux), so "a
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.edns
@@ -202,3 +205,134 @@ def test_tcp_clients_that_stop_reading_are_reset_and_do_not_lock_others_out(tmp_
         assert held - before < 8 * 1024, (before, held)
         assert after - before < 8 * 1024, (before, after)
         assert tcp_answer(proc, "127.0.4.1", name=BIG) is not None  # the hostile addresses' slots are free again
+
+
+# ---- findings 2 and 3: RRL tokens and slip ------------------------------------------------------
+
+RATE = 5
+REVERSE = "2001:db8:44::/48"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsdProcess]:
+    """RRL at 5/s with slip 2 (the review's setting) on a zone with 100 named pods and a reverse zone."""
+    manifests = headless_service(tmp_path_factory.mktemp("rrl") / "big.yaml", "big", 100)
+    with DnsdProcess("--zone", Z, "--source", f"file:{manifests}", "--recursion", "off",
+                     "--reverse-zone", REVERSE, "--rrl-responses-per-second", str(RATE), "--rrl-slip", "2",
+                     "--allow-recursion", "127.0.0.1/32") as proc:
+        yield proc
+
+
+def at_second_start() -> None:
+    """Wait until just after a whole second of the monotonic clock (dnsd's RRL windows use it)."""
+    while time.monotonic() % 1 > 0.05:
+        time.sleep(0.01)
+
+
+def udp_burst(proc: DnsdProcess, queries: list[tuple[str, str, dns.message.Message]],
+              wait: float = 0.5) -> list[dns.message.Message | None]:
+    """Send every (source, label, query) at once, in order; the reply to each (None when dropped).
+
+    One socket per source address; queries must have distinct IDs.
+    """
+    socks: dict[str, socket.socket] = {}
+    try:
+        for source, _, query in queries:
+            if source not in socks:
+                sock = socks[source] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.bind((source, 0))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            socks[source].sendto(query.to_wire(), (proc.host, proc.port))
+        replies: dict[tuple[str, int], dns.message.Message] = {}
+        for source, sock in socks.items():
+            sock.settimeout(wait)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    reply = dns.message.from_wire(sock.recv(65535))
+                    replies[(source, reply.id)] = reply
+        return [replies.get((source, query.id)) for source, _, query in queries]
+    finally:
+        for sock in socks.values():
+            sock.close()
+
+
+def make(name: str, qtype: str, ident: int, edns: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, qtype, use_edns=0 if edns else False, id=ident)
+    query.flags &= ~dns.flags.RD
+    return query
+
+
+def full(reply: dns.message.Message | None) -> bool:
+    return reply is not None and not reply.flags & dns.flags.TC
+
+
+def test_rrl_keys_nodata_by_name_so_https_queries_for_many_names_are_all_answered(limited: DnsdProcess) -> None:
+    # A browser behind one /24 asks HTTPS (type 65) for ten names that exist: ten NODATA answers,
+    # one per name, none limited (one shared negative bucket limited three of them at 5/s).
+    names = [f"pod-{i}.big.default.svc.{Z}" for i in range(1, 11)]
+    at_second_start()
+    replies = udp_burst(limited, [("127.0.6.1", "https", make(n, "HTTPS", i)) for i, n in enumerate(names)])
+    assert all(full(r) for r in replies), [r and r.flags for r in replies]
+    for reply in replies:
+        assert reply is not None and reply.rcode() == dns.rcode.NOERROR and reply.answer == []
+        assert reply.authority[0].rdtype == dns.rdatatype.SOA  # NODATA, RFC 2308
+
+
+def test_rrl_gives_size_truncated_answers_a_class_of_their_own(limited: DnsdProcess) -> None:
+    # Ten answers too large for 512 bytes (TC) use up their own bucket; NODATA for five other names
+    # in the same second from the same network is still answered.
+    big = [("127.0.6.2", "big", make(BIG, "AAAA", i)) for i in range(10)]
+    nodata = [("127.0.6.2", "nodata", make(f"pod-{i}.big.default.svc.{Z}", "HTTPS", 100 + i)) for i in range(11, 16)]
+    at_second_start()
+    replies = udp_burst(limited, big + nodata)
+    truncated_big = [r for r in replies[:10] if r is not None]
+    assert all(r.flags & dns.flags.TC and r.answer == [] for r in truncated_big)
+    assert RATE <= len(truncated_big) < 10  # limited: RATE sent, and about half the rest slipped
+    assert all(full(r) and r.rcode() == dns.rcode.NOERROR for r in replies[10:])
+
+
+def test_rrl_keys_nxdomain_by_zone(limited: DnsdProcess) -> None:
+    # Random names in the forward zone share one bucket (so they cannot escape the limit by being
+    # different); the reverse zone's NXDOMAIN, asked in the same second, has its own.
+    forward = [("127.0.6.3", "fwd", make(f"nosuch{i}.default.svc.{Z}", "A", i)) for i in range(30)]
+    reverse_names = [ipaddress.IPv6Address(f"2001:db8:44::ff:{i}").reverse_pointer for i in range(3)]
+    reverse = [("127.0.6.3", "rev", make(n, "PTR", 100 + i)) for i, n in enumerate(reverse_names)]
+    at_second_start()
+    replies = udp_burst(limited, forward + reverse)
+    answered = [r for r in replies[:30] if full(r)]
+    assert RATE <= len(answered) <= 2 * RATE  # one window, or two if the burst straddled a second
+    assert all(r.rcode() == dns.rcode.NXDOMAIN for r in answered)
+    for reply in replies[30:]:
+        assert full(reply) and reply is not None and reply.rcode() == dns.rcode.NXDOMAIN
+
+
+def test_rrl_slip_answers_carry_opt_when_the_query_had_edns(limited: DnsdProcess) -> None:
+    at_second_start()
+    name = f"pod-1.big.default.svc.{Z}"
+    replies = udp_burst(limited, [("127.0.6.4", "edns", make(name, "AAAA", i, edns=True)) for i in range(40)]
+                        + [("127.0.6.5", "plain", make(name, "AAAA", 100 + i)) for i in range(40)])
+    slipped_edns = [r for r in replies[:40] if r is not None and r.flags & dns.flags.TC]
+    slipped_plain = [r for r in replies[40:] if r is not None and r.flags & dns.flags.TC]
+    assert len(slipped_edns) >= 10 and len(slipped_plain) >= 10
+    for reply in slipped_edns:  # RFC 6891 7: OPT in the truncated answer, with our payload size
+        assert reply.edns == 0 and reply.payload == 1232 and reply.answer == []
+        assert str(reply.question[0].name).rstrip(".") == name
+    assert all(r.edns == -1 for r in slipped_plain)  # and none when the query had none
+
+
+def test_rrl_slip_is_counted_per_bucket_so_alternating_networks_both_get_tc(limited: DnsdProcess) -> None:
+    # Two limited networks whose queries alternate: with one slip count for all buckets one of them
+    # got every TC and the other none (never able to fall back to TCP). Each must get about half.
+    name = f"pod-2.big.default.svc.{Z}"
+    queries = []
+    for i in range(40):
+        queries.append(("127.0.7.1", "a", make(name, "AAAA", i)))
+        queries.append(("127.0.8.1", "b", make(name, "AAAA", i)))
+    at_second_start()
+    replies = udp_burst(limited, queries)
+    for network in (0, 1):
+        mine = replies[network::2]
+        sent = sum(1 for r in mine if full(r))
+        slipped = sum(1 for r in mine if r is not None and r.flags & dns.flags.TC)
+        assert RATE <= sent <= 2 * RATE
+        assert abs(slipped - (40 - sent) / 2) <= 1, (network, sent, slipped)

@@ -2,7 +2,7 @@
 
 * Response rate limiting: a flood of one question from one /24 is cut to the configured rate, with
   every second limited response sent truncated (slip); another /24, another question, TCP and the
-  clients allowed to recurse are not affected; random names share one "negative" bucket.
+  clients allowed to recurse are not affected; random names in one zone share its NXDOMAIN bucket.
 * TCP: connections beyond the per-client and total limits are closed at once, and a client that
   trickles a partial message is closed after the idle timeout even though bytes keep arriving.
 * Recursion: queries in progress beyond the per-client and total limits get SERVFAIL at once

@@ -373,6 +373,14 @@ class Handler:
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         full = wire.encode(query, result.response, ra, 65535, self.edns_size)
         rcode = result.response.rcode
+        if full[2] & 0x02:
+            # Not even 65,535 bytes hold it: TC over UDP sends the client to TCP, where the answer
+            # cannot be given; SERVFAIL there, as Knot and BIND answer (never a TC over TCP). Not
+            # stored: the fast path does not know the transport.
+            if tcp:
+                return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,
+                                    wire.SERVFAIL, "error", transport, started, host)
+            return self._finish(full, query, rcode, "zone", transport, started, host)
         if len(full) <= limit:
             self._maybe_store(found, full, result, query, rcode, "zone")
             reply = full

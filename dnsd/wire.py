@@ -66,6 +66,8 @@ class Query:
     edns_do: bool = False
     udp_size: int = CLASSIC_UDP_SIZE
     error: int | None = None  # rcode to answer with instead of a lookup
+    authority_at: int = 0  # offset of an IXFR query's SOA (its only authority record), 0 when none
+    tsig_at: int = 0  # offset of the TSIG record (the last additional one), 0 when none
 
     @property
     def rd(self) -> bool:
@@ -145,13 +147,25 @@ def text_to_wire(name: str) -> bytes:
 
 
 def parse_query(data: bytes) -> Query:
-    """Parse a query. Raises DropPacket for garbage; sets `error` for answerable problems."""
+    """Parse a query. Raises DropPacket for garbage; sets `error` for answerable problems.
+
+    Only what a query may hold is read: the question, then at most one OPT in the additional
+    section (root owner, RFC 6891 6.1.1) and one TSIG as the very last record (RFC 8945 5.1; its
+    place is noted in `tsig_at`, for transfers), plus for IXFR the client's SOA as the single
+    authority record (RFC 1995 3, noted in `authority_at`). Anything else is a FORMERR decided at the
+    first record that does not belong, most of it from the header counts alone: a query stuffed
+    with thousands of records costs what a normal one costs, and an OPT in the answer or authority
+    section is a FORMERR (RFC 6891 6.1.1). Errors answered without a lookup (NOTIMP for other
+    opcodes, FORMERR for QDCOUNT != 1) still read the OPT when it is cheap to find, so that the
+    answer carries one (RFC 6891 7).
+    """
     if len(data) < 12:
         raise DropPacket("shorter than a header")
     ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if flags & QR:
         raise DropPacket("a response, not a query")  # never answer responses: no reflection loops
     query = Query(id=ident, flags=flags, opcode=(flags >> 11) & 0xF)
+    offset = 12
     if qdcount == 1:
         try:
             wire, offset = read_name(data, 12, allow_pointers=False)
@@ -166,33 +180,26 @@ def parse_query(data: bytes) -> Query:
             query.error = FORMERR
             return query
     if query.opcode != OPCODE_QUERY:
+        # Other opcodes' sections (NOTIFY's SOA, UPDATE's records) are not ours to judge; a few
+        # records are walked to find the OPT to echo.
         query.error = NOTIMP
+        if qdcount <= 1 and ancount + nscount + arcount <= MAX_NOTIMP_RECORDS:
+            _echo_opt(query, data, offset, 0, ancount + nscount, arcount)
         return query
     if qdcount != 1:
         query.error = FORMERR
+        if qdcount <= MAX_EXTRA_QUESTIONS and not ancount and not nscount:
+            _echo_opt(query, data, offset, qdcount, 0, arcount)  # none of them read yet
+        return query
+    authority = 1 if query.qtype == IXFR else 0
+    if ancount or nscount > authority or arcount > 2:
+        query.error = FORMERR  # records no query holds: decided before reading any of them
         return query
     try:
-        for _ in range(ancount + nscount):
-            offset = _skip_rr(data, offset)
-        seen_opt = False
-        for _ in range(arcount):
-            wire, after_name = read_name(data, offset, allow_pointers=True)
-            if after_name + 10 > len(data):
-                raise ValueError("record runs past the end")
-            rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, after_name)
-            end = after_name + 10 + rdlength
-            if end > len(data):
-                raise ValueError("rdata runs past the end")
-            if rtype == OPT:
-                if seen_opt or wire != b"\x00":
-                    raise ValueError("second OPT, or OPT not owned by the root")  # RFC 6891 6.1.1
-                seen_opt = True
-                query.edns = True
-                query.udp_size = max(rclass, CLASSIC_UDP_SIZE)
-                query.edns_version = (ttl >> 16) & 0xFF
-                query.edns_do = bool(ttl & 0x8000)
-                _check_options(data, after_name + 10, end)
-            offset = end
+        if nscount:
+            query.authority_at = offset
+            offset = _skip_rr(data, offset, SOA)
+        _read_additional(query, data, offset, arcount)
     except ValueError:
         query.error = FORMERR
         return query
@@ -205,10 +212,72 @@ def parse_query(data: bytes) -> Query:
     return query
 
 
-def _skip_rr(data: bytes, offset: int) -> int:
+#: Extra questions skipped to find the OPT of a FORMERR for QDCOUNT > 1; past it the answer has no OPT.
+MAX_EXTRA_QUESTIONS = 8
+#: Records walked to find the OPT of a NOTIMP answer (a NOTIFY holds two or three).
+MAX_NOTIMP_RECORDS = 8
+TSIG = 250
+
+
+def _read_additional(query: Query, data: bytes, offset: int, count: int) -> None:
+    """The additional section of a query: one OPT at most, a TSIG only as the last record."""
+    for index in range(count):
+        start = offset
+        wire, after_name = read_name(data, offset, allow_pointers=True)
+        if after_name + 10 > len(data):
+            raise ValueError("record runs past the end")
+        rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, after_name)
+        end = after_name + 10 + rdlength
+        if end > len(data):
+            raise ValueError("rdata runs past the end")
+        if rtype == OPT:
+            if query.edns or wire != b"\x00":
+                raise ValueError("second OPT, or OPT not owned by the root")  # RFC 6891 6.1.1
+            query.edns = True
+            query.udp_size = max(rclass, CLASSIC_UDP_SIZE)
+            query.edns_version = (ttl >> 16) & 0xFF
+            query.edns_do = bool(ttl & 0x8000)
+            _check_options(data, after_name + 10, end)
+        elif rtype == TSIG and index == count - 1:
+            query.tsig_at = start
+        else:
+            raise ValueError("a record that no query holds")
+        offset = end
+
+
+def _echo_opt(query: Query, data: bytes, offset: int, questions: int, records: int, additional: int) -> None:
+    """For an error answered without a lookup: read the OPT, if any, past a few questions and records.
+
+    Nothing here changes the error; a message that does not walk cleanly is answered without OPT.
+    """
+    try:
+        for _ in range(questions):
+            _, offset = read_name(data, offset, allow_pointers=True)
+            offset += 4
+        for _ in range(records):
+            offset = _skip_rr(data, offset)
+        for _ in range(additional):
+            wire, after_name = read_name(data, offset, allow_pointers=True)
+            if after_name + 10 > len(data):
+                return
+            rtype, rclass, _, rdlength = _RR_FIXED.unpack_from(data, after_name)
+            if rtype == OPT and wire == b"\x00":
+                query.edns = True
+                query.udp_size = max(rclass, CLASSIC_UDP_SIZE)
+                query.edns_do = bool(data[after_name + 6] & 0x80)
+                return
+            offset = after_name + 10 + rdlength
+    except ValueError:
+        return
+
+
+def _skip_rr(data: bytes, offset: int, rtype: int | None = None) -> int:
+    """The offset after one record; ValueError when it runs past the end or is not of `rtype`."""
     _, offset = read_name(data, offset, allow_pointers=True)
     if offset + 10 > len(data):
         raise ValueError("record runs past the end")
+    if rtype is not None and (data[offset] << 8) | data[offset + 1] != rtype:
+        raise ValueError("a record that no query holds")
     rdlength = (data[offset + 8] << 8) | data[offset + 9]
     if offset + 10 + rdlength > len(data):
         raise ValueError("rdata runs past the end")

@@ -21,20 +21,26 @@ import contextlib
 import ipaddress
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dns.edns
+import dns.exception
 import dns.flags
 import dns.message
 import dns.opcode
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
 
 from tests.dnsd_process import DnsdProcess
+from tests.hierarchy import require
+from tests.started_dnsd import free_port
 
 Z = "c2.k8s.ooo"
 NAME = f"sample-service.default.svc.{Z}"
@@ -336,3 +342,198 @@ def test_rrl_slip_is_counted_per_bucket_so_alternating_networks_both_get_tc(limi
         slipped = sum(1 for r in mine if r is not None and r.flags & dns.flags.TC)
         assert RATE <= sent <= 2 * RATE
         assert abs(slipped - (40 - sent) / 2) <= 1, (network, sent, slipped)
+
+
+# ---- findings 4, 6, 7, 8: error answers, huge answers, what a query may hold ----------------------
+
+HUGE = 2_000  # endpoints of a headless Service: its SRV answer is about 120 KB
+HUGE_SRV = f"_http._tcp.huge.default.svc.{Z}"
+
+
+def _knot_zone(path: Path) -> None:
+    """The same names for Knot: the apex, and the huge Service's SRV and AAAA records."""
+    lines = [f"$ORIGIN {Z}.", "@ 30 SOA ns1 hostmaster 1 3600 600 86400 30", "@ 30 NS ns1",
+             "ns1 30 AAAA 2001:db8:53::53"]
+    for i in range(1, HUGE + 1):
+        lines.append(f"_http._tcp.huge.default.svc 30 SRV 0 100 80 pod-{i}.huge.default.svc")
+        lines.append(f"pod-{i}.huge.default.svc 30 AAAA 2001:db8:44::{i:x}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Servers:
+    """dnsd and Knot on loopback, with the same names, to be asked the same bytes."""
+
+    dnsd: DnsdProcess
+    knot: tuple[str, int]
+
+    def both(self) -> list[tuple[str, tuple[str, int]]]:
+        return [("dnsd", (self.dnsd.host, self.dnsd.port)), ("knot", self.knot)]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    workdir = tmp_path_factory.mktemp("knot")
+    manifests = headless_service(workdir / "huge.yaml", "huge", HUGE)
+    _knot_zone(workdir / "zone")
+    port = free_port()
+    conf = workdir / "knot.conf"
+    conf.write_text(f"""server:
+    rundir: "{workdir}"
+    listen: 127.0.0.1@{port}
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+log:
+  - target: stderr
+    any: error
+database:
+    storage: "{workdir}"
+template:
+  - id: default
+    storage: "{workdir}"
+    journal-content: none
+    zonefile-sync: -1
+    semantic-checks: off
+zone:
+  - domain: "{Z}"
+    file: "{workdir / 'zone'}"
+""")
+    knot = subprocess.Popen([require("knotd"), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                dns.query.udp(dns.message.make_query(Z, "SOA"), "127.0.0.1", port=port, timeout=0.5)
+                break
+            except (OSError, dns.exception.Timeout):
+                if knot.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("knotd did not start") from None
+                time.sleep(0.1)
+        with DnsdProcess("--zone", Z, "--source", f"file:{manifests}", "--recursion", "off") as proc:
+            deadline = time.monotonic() + 60
+            while not proc.query(f"pod-{HUGE}.huge.default.svc.{Z}", "AAAA").answer:
+                assert time.monotonic() < deadline, "dnsd did not load the huge Service"
+                time.sleep(0.1)
+            yield Servers(proc, ("127.0.0.1", port))
+    finally:
+        knot.terminate()
+        knot.wait(10)
+
+
+def udp_raw(where: tuple[str, int], payload: bytes, timeout: float = 2.0) -> dns.message.Message | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload, where)
+        try:
+            return dns.message.from_wire(sock.recv(65535))
+        except TimeoutError:
+            return None
+
+
+def tcp_raw(where: tuple[str, int], payload: bytes, timeout: float = 5.0) -> dns.message.Message:
+    with socket.create_connection(where, timeout=timeout) as conn:
+        conn.sendall(frame(payload))
+        return dns.message.from_wire(read_frame(conn))
+
+
+@pytest.mark.parametrize("opcode", [dns.opcode.NOTIFY, dns.opcode.UPDATE, dns.opcode.STATUS, 3, 15])
+def test_notimp_carries_opt_when_the_query_had_edns(servers: Servers, opcode: int) -> None:
+    message = dns.message.make_query(Z, "SOA", use_edns=0)
+    message.set_opcode(opcode)
+    # dnspython reads UPDATE replies as RFC 2136 messages: they are read with the opcode bits cleared
+    for who, where in servers.both():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            sock.sendto(message.to_wire(), where)
+            raw = sock.recv(65535)
+        assert (raw[2] >> 3) & 0xF == opcode
+        reply = dns.message.from_wire(raw[:2] + bytes((raw[2] & 0x87,)) + raw[3:])
+        if who == "dnsd":  # Knot, a primary itself, has its own opinion of NOTIFY and UPDATE (NOTAUTH)
+            assert reply.rcode() == dns.rcode.NOTIMP
+        assert reply.edns == 0, f"{who}: {reply.rcode()!r} without OPT for an EDNS query"
+    plain = dns.message.make_query(Z, "SOA", use_edns=False)
+    plain.set_opcode(dns.opcode.NOTIFY)
+    reply = udp_raw((servers.dnsd.host, servers.dnsd.port), plain.to_wire())
+    assert reply is not None and reply.rcode() == dns.rcode.NOTIMP and reply.edns == -1
+
+
+def test_formerr_for_qdcount_zero_and_two_carries_opt_when_the_query_had_edns(servers: Servers) -> None:
+    wire = dns.message.make_query(Z, "SOA", use_edns=0, want_dnssec=True).to_wire()
+    question, opt = wire[12:-11], wire[-11:]
+    zero = struct.pack("!HHHHHH", 0x1111, 0, 0, 0, 0, 1) + opt
+    two = struct.pack("!HHHHHH", 0x2222, 0, 2, 0, 0, 1) + question + question + opt
+    for payload, ident in ((zero, 0x1111), (two, 0x2222)):
+        reply = udp_raw((servers.dnsd.host, servers.dnsd.port), payload)
+        assert reply is not None and reply.id == ident and reply.rcode() == dns.rcode.FORMERR
+        assert reply.edns == 0 and reply.payload == 1232, "FORMERR without OPT for an EDNS query"
+        assert reply.ednsflags & dns.flags.DO  # DO echoed (RFC 3225)
+    knot = udp_raw(servers.knot, zero)  # (Knot 3.2 drops the QDCOUNT 2 query altogether)
+    assert knot is not None and knot.rcode() == dns.rcode.FORMERR and knot.edns == 0
+    # without EDNS, none
+    reply = udp_raw((servers.dnsd.host, servers.dnsd.port), struct.pack("!HHHHHH", 0x3333, 0, 0, 0, 0, 0))
+    assert reply is not None and reply.rcode() == dns.rcode.FORMERR and reply.edns == -1
+
+
+def test_an_answer_beyond_65535_bytes_is_servfail_over_tcp_as_knot_answers(servers: Servers) -> None:
+    query = dns.message.make_query(HUGE_SRV, "SRV", use_edns=0)
+    for who, where in servers.both():
+        reply = tcp_raw(where, query.to_wire())
+        assert reply.rcode() == dns.rcode.SERVFAIL, who
+        assert reply.answer == [] and not reply.flags & dns.flags.TC, who
+        over_udp = udp_raw(where, query.to_wire())
+        assert over_udp is not None and over_udp.flags & dns.flags.TC and over_udp.answer == [], who
+    out = subprocess.run(["dig", "+tcp", "+norec", "-p", str(servers.dnsd.port), "@127.0.0.1", HUGE_SRV, "SRV"],
+                         capture_output=True, text=True, timeout=20, check=True).stdout
+    assert "status: SERVFAIL" in out
+    # What fits is answered whole: the 2,000 AAAA records (about 56 KB) over TCP.
+    aaaa = tcp_raw((servers.dnsd.host, servers.dnsd.port),
+                   dns.message.make_query(f"huge.default.svc.{Z}", "AAAA").to_wire())
+    assert aaaa.rcode() == dns.rcode.NOERROR and len(aaaa.answer[0]) == HUGE
+
+
+def _stuffed(section: int, count: int, edns: bool) -> bytes:
+    """A query whose `section` (1 answer, 2 authority, 3 additional) holds `count` well-formed A records."""
+    question = dns.message.make_query(Z, "SOA", use_edns=False).to_wire()[12:]
+    record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+    counts = [1, 0, 0, 0]
+    counts[section] = count
+    opt = b""
+    if edns:
+        counts[3] += 1
+        opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+    return struct.pack("!HHHHHH", 0x5151, 0, *counts) + question + record * count + opt
+
+
+def test_queries_stuffed_with_records_get_formerr(servers: Servers) -> None:
+    # About 64 KB: 4,000 well-formed records in one section (the review measured 47-63 ms to parse
+    # each such query, and answered it; now it is refused from the header counts). Over TCP, where
+    # such a message fits. (Knot 3.2.6 parses these in about 1 ms and answers NOERROR.)
+    for section in (1, 2, 3):
+        payload = _stuffed(section, 4_000, edns=False)
+        assert len(payload) > 60_000
+        reply = tcp_raw((servers.dnsd.host, servers.dnsd.port), payload)
+        assert reply.id == 0x5151 and reply.rcode() == dns.rcode.FORMERR and reply.answer == [], section
+        assert str(reply.question[0].name) == f"{Z}."  # the question is still echoed
+    # One stray A record in the additional section is a record no query holds, too; the same query
+    # without it is answered. An OPT and a TSIG (last) are what a query may carry there.
+    dnsd = (servers.dnsd.host, servers.dnsd.port)
+    stray = udp_raw(dnsd, _stuffed(3, 1, edns=True))
+    assert stray is not None and stray.rcode() == dns.rcode.FORMERR
+    clean = udp_raw(dnsd, _stuffed(3, 0, edns=True))
+    assert clean is not None and clean.rcode() == dns.rcode.NOERROR and clean.answer
+
+
+def test_opt_in_the_answer_or_authority_section_is_formerr_as_knot_answers(servers: Servers) -> None:
+    wire = bytearray(dns.message.make_query(Z, "SOA", use_edns=0).to_wire())
+    in_answer = bytearray(wire)
+    in_answer[6:8], in_answer[10:12] = b"\x00\x01", b"\x00\x00"  # the same OPT, counted as an answer
+    in_authority = bytearray(wire)
+    in_authority[8:10], in_authority[10:12] = b"\x00\x01", b"\x00\x00"
+    for who, where in servers.both():
+        for payload in (in_answer, in_authority):
+            reply = udp_raw(where, bytes(payload))
+            assert reply is not None and reply.rcode() == dns.rcode.FORMERR, who
+        reply = udp_raw(where, bytes(wire))
+        assert reply is not None and reply.rcode() == dns.rcode.NOERROR, who

@@ -40,6 +40,7 @@ import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -180,13 +181,20 @@ def _question_length(data: bytes) -> int | None:
     return None
 
 
-def _one_question_query(data: bytes) -> dns.message.Message | None:
-    """dnspython's reading of the query, when it is a well-formed one-question QUERY (else None)."""
+def _dnspython_reading(data: bytes) -> dns.message.Message | None:
+    """dnspython's reading of a query (not UPDATE, which it reads as RFC 2136 sections), or None."""
+    if len(data) < 12 or (data[2] >> 3) & 0xF == dns.opcode.UPDATE:
+        return None
     try:
         message = dns.message.from_wire(data, ignore_trailing=True)
     except Exception:  # any dnspython complaint: not a well-formed query
         return None
-    if message.flags & dns.flags.QR or message.opcode() != dns.opcode.QUERY or len(message.question) != 1:
+    return None if message.flags & dns.flags.QR else message
+
+
+def _one_question_query(message: dns.message.Message | None) -> dns.message.Message | None:
+    """The query, when it is a well-formed one-question QUERY (else None)."""
+    if message is None or message.opcode() != dns.opcode.QUERY or len(message.question) != 1:
         return None
     return message
 
@@ -231,13 +239,40 @@ def check_reply(data: bytes, reply: bytes | None, *, tcp: bool, may_recurse: boo
         length = _question_length(reply)
         assert length is not None, "reply question is compressed or cut"
         assert reply[12 : 12 + length] == data[12 : 12 + length], "question not echoed exactly as asked"
-    query = _one_question_query(data)
+    reading = _dnspython_reading(data)
+    _check_error_opt(data, reading, parsed)
+    query = _one_question_query(reading)
     if query is None:
         return
     if qdcount == 0 and rcode != wire.FORMERR:
         raise AssertionError("a well-formed one-question QUERY got a reply without its question")
     if query.edns > 0:
         assert rcode in (wire.BADVERS, wire.FORMERR), "EDNS version above 0 without BADVERS"
+    # Only the question, one OPT and (last) a TSIG belong in a query; IXFR may carry its SOA as the one
+    # authority record (RFC 1995 3). Anything else is a FORMERR, decided at the first record that does
+    # not belong (an OPT in the answer or authority section included: RFC 6891 6.1.1).
+    _, ancount, nscount, _ = struct.unpack_from("!HHHH", data, 4)  # the header's (dnspython merges duplicates)
+    ixfr_soa = (query.question[0].rdtype == dns.rdatatype.IXFR and nscount == 1
+                and query.authority[0].rdtype == dns.rdatatype.SOA)
+    if ancount or (nscount and not ixfr_soa) or query.additional:
+        assert rcode == wire.FORMERR, "a query holding records no query holds was answered"
+    elif query.edns >= 0 and qdcount == 1:  # (a question dnsd could not read, e.g. compressed, has no OPT read)
+        assert parsed.opt is not None, "a reply to an EDNS query without OPT (RFC 6891 7)"
+
+
+def _check_error_opt(data: bytes, message: dns.message.Message | None, reply: dns.message.Message) -> None:
+    """NOTIMP (other opcodes) and FORMERR for QDCOUNT != 1 carry an OPT when the query had one and
+    dnsd's limits for finding it hold (a few records, a few questions)."""
+    if message is None or message.opt is None:
+        return
+    records = sum(struct.unpack_from("!HHH", data, 6))  # the header's (dnspython merges duplicates)
+    if message.opcode() != dns.opcode.QUERY:
+        if reply.rcode() == wire.NOTIMP and len(message.question) <= 1 and records <= wire.MAX_NOTIMP_RECORDS:
+            assert reply.opt is not None, "NOTIMP to an EDNS query without OPT"
+    elif len(message.question) != 1 and len(message.question) <= wire.MAX_EXTRA_QUESTIONS \
+            and not message.answer and not message.authority:
+        assert reply.rcode() == wire.FORMERR, "QDCOUNT != 1 without FORMERR"
+        assert reply.opt is not None, "FORMERR for QDCOUNT != 1 to an EDNS query without OPT"
 
 
 # ---- running cases ----------------------------------------------------------------------------------------
@@ -340,7 +375,7 @@ def mutate(seeds: list[bytes], rng: random.Random) -> bytes:
     """A seeded mutation of one seed: 1 to 4 operators stacked."""
     data = bytearray(rng.choice(seeds))
     for _ in range(rng.randint(1, 4)):
-        op = rng.randrange(13)
+        op = rng.randrange(15)
         size = len(data)
         if op == 0 and size:  # bit flips
             for _ in range(rng.randint(1, 3)):
@@ -380,7 +415,41 @@ def mutate(seeds: list[bytes], rng: random.Random) -> bytes:
                 data[10:12] = struct.pack("!H", (((data[10] << 8) | data[11]) + 1) & 0xFFFF)
         elif op == 12 and size >= 12:  # QR set: must be dropped
             data[2] |= 0x80
+        elif op == 13 and size >= 12:  # records stuffed into a section, counts kept true (an OPT among them)
+            data = _stuff(data, rng)
+        elif op == 14 and size >= 12:  # a TSIG-shaped record: last (where it may be) or before the OPT
+            tsig = b"\x03key\x00\x00\xfa\x00\xff\x00\x00\x00\x00" + struct.pack("!H", 8) + rng.randbytes(8)
+            if rng.random() < 0.5:
+                data += tsig
+            else:
+                end = data.find(0, 12)
+                at = end + 5 if end >= 12 and end + 5 <= size else size
+                data[at:at] = tsig
+            data[10:12] = struct.pack("!H", (((data[10] << 8) | data[11]) + 1) & 0xFFFF)
     return bytes(data)
+
+
+_STUFFING = (
+    b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01",  # an A record at the qname
+    b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00",  # an OPT (belongs only in the additional section)
+    b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x00\x00\x00\x16\x00\x00" + bytes(20),  # an SOA (IXFR's authority)
+)
+
+
+def _stuff(data: bytearray, rng: random.Random) -> bytearray:
+    """Insert 1 to 3000 well-formed records after the question, counted in the answer, authority or
+    additional section: parsed in full, a 64 KB one cost 50 ms; the parser must refuse it unread."""
+    end = data.find(0, 12)
+    if end < 12 or end + 5 > len(data):
+        return data
+    # mostly a few (dnspython, the checker, takes ~10 us a record); now and then thousands
+    count = rng.randint(1000, 3000) if rng.random() < 0.01 else rng.choice([1, 1, 2, 3, rng.randint(4, 20)])
+    record = rng.choice(_STUFFING)
+    section = rng.choice([6, 8, 10])
+    at = end + 5
+    data[at:at] = record * count
+    data[section : section + 2] = struct.pack("!H", (((data[section] << 8) | data[section + 1]) + count) & 0xFFFF)
+    return data[:65000]  # still a datagram (65,507 bytes at most over IPv4)
 
 
 def random_structured(rng: random.Random) -> bytes:
@@ -546,6 +615,7 @@ def structured_query(draw: st.DrawFn) -> bytes:
         opt = owner + struct.pack("!HHIH", 41, draw(st.integers(0, 65535)), ttl, rdlength) + options
     ar = len(records) + (1 if opt else 0)
     counts = draw(st.one_of(st.just((1, 0, 0, ar)), st.just((1, len(records), 0, 1 if opt else 0)),
+                            st.just((1, 0, len(records), 1 if opt else 0)),
                             st.tuples(*[st.integers(0, 65535)] * 4)))
     header = struct.pack("!HHHHHH", draw(st.integers(0, 65535)), flags, *counts)
     junk = draw(st.one_of(st.just(b""), st.binary(max_size=30)))
@@ -573,6 +643,65 @@ def test_handler_survives_structured_queries(pairs: list[Pair], loop: asyncio.Ab
             await run_case(pair, data, other, tcp, counter)
 
     loop.run_until_complete(run())
+
+
+def _query(counts: tuple[int, int, int, int], *sections: bytes, opcode: int = 0, qtype: str = "SOA") -> bytes:
+    question = dns.message.make_query(Z, qtype, use_edns=False).to_wire()[12:]
+    return struct.pack("!HHHHHH", 0x0101, opcode << 11, *counts) + question + b"".join(sections)
+
+
+_OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x80\x00\x00\x00"  # DO set
+_TSIG = b"\x03key\x00\x00\xfa\x00\xff\x00\x00\x00\x00\x00\x08" + bytes(8)
+_A = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x01"
+_SOA_RR = b"\xc0\x0c\x00\x06\x00\x01\x00\x00\x00\x00\x00\x16\x00\x00" + bytes(20)
+
+
+@pytest.mark.parametrize(("data", "error", "edns"), [
+    (_query((1, 0, 0, 1), _OPT), None, True),
+    (_query((1, 0, 0, 2), _OPT, _TSIG), None, True),  # TSIG last: room for transfers
+    (_query((1, 0, 0, 1), _TSIG), None, False),
+    (_query((1, 0, 0, 2), _TSIG, _OPT), wire.FORMERR, False),  # TSIG not last
+    (_query((1, 0, 0, 2), _OPT, _OPT), wire.FORMERR, True),  # a second OPT
+    (_query((1, 0, 0, 2), _OPT, _A), wire.FORMERR, True),  # a record no query holds
+    (_query((1, 0, 0, 3), _OPT, _TSIG, _TSIG), wire.FORMERR, False),  # decided from the counts
+    (_query((1, 1, 0, 0), _OPT), wire.FORMERR, False),  # OPT in the answer section
+    (_query((1, 0, 1, 0), _OPT), wire.FORMERR, False),  # OPT in the authority section
+    (_query((1, 0, 1, 1), _SOA_RR, _OPT, qtype="IXFR"), None, True),  # IXFR's SOA
+    (_query((1, 0, 1, 1), _A, _OPT, qtype="IXFR"), wire.FORMERR, False),  # not an SOA
+    (_query((1, 0, 2, 1), _SOA_RR, _SOA_RR, _OPT, qtype="IXFR"), wire.FORMERR, False),
+    (_query((1, 0, 1, 1), _SOA_RR, _OPT), wire.FORMERR, False),  # an SOA in a query that is not IXFR
+    (_query((1, 0, 0, 1), _OPT, opcode=4), wire.NOTIMP, True),  # NOTIFY: the OPT is echoed
+    (_query((1, 1, 0, 1), _SOA_RR, _OPT, opcode=4), wire.NOTIMP, True),  # NOTIFY with its SOA
+    (_query((1, 0, 0, 9), *[_A] * 8, _OPT, opcode=4), wire.NOTIMP, False),  # too many to walk
+    (struct.pack("!HHHHHH", 1, 0, 0, 0, 0, 1) + _OPT, wire.FORMERR, True),  # QDCOUNT 0
+    (_query((2, 0, 0, 1), dns.message.make_query(Z, "A").to_wire()[12:], _OPT), wire.FORMERR, True),
+])
+def test_query_parser_reads_only_what_a_query_may_hold(data: bytes, error: int | None, edns: bool) -> None:
+    query = wire.parse_query(data)
+    assert query.error == error
+    assert query.edns == edns
+    if edns and error in (wire.NOTIMP, wire.FORMERR):
+        assert query.edns_do  # the OPT's flags are read for the echo
+        reply = wire.encode_error(query, error, False, 1232)
+        assert dns.message.from_wire(reply[:2] + bytes((reply[2] & 0x87,)) + reply[3:]).edns == 0
+
+
+def test_query_parser_refuses_stuffed_queries_without_walking_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 KB of records in any section: FORMERR after reading the question alone (the old parser walked
+    all 4,000 records, 50 ms a query). Counted with a spy on the name reader, not with a clock."""
+    calls = []
+    real = wire.read_name
+
+    def counting(data: bytes, offset: int, allow_pointers: bool) -> tuple[bytes, int]:
+        calls.append(offset)
+        return real(data, offset, allow_pointers)
+
+    monkeypatch.setattr(wire, "read_name", counting)
+    for counts in ((1, 4000, 0, 0), (1, 0, 4000, 0), (1, 0, 0, 4000), (1, 2000, 2000, 0)):
+        calls.clear()
+        query = wire.parse_query(_query(counts, _A * 4000))
+        assert query.error == wire.FORMERR and query.has_question
+        assert len(calls) == 1, counts  # the question's name, nothing else
 
 
 def _upstream_seeds() -> list[bytes]:

@@ -118,7 +118,7 @@ IDLE = 2.0
 BIG = f"big.default.svc.{Z}"  # 100 AAAA records: a 2.9 KB answer, so the burst asks for ~90 MB
 HOSTILE_SOURCES = ("127.0.4.1", "127.0.4.2")
 PER_CLIENT = 4
-QUERIES_PER_CONNECTION = 30_000
+QUERIES_PER_CONNECTION = 200_000  # more than the buffers take: the sends stall once dnsd stops reading
 
 
 def hostile_connections(proc: DnsdProcess) -> tuple[list[socket.socket], list[int]]:
@@ -153,6 +153,8 @@ def hostile_connections(proc: DnsdProcess) -> tuple[list[socket.socket], list[in
                 stalled_since[i] = None
                 progress = True
                 done[i] = sent[i] >= len(blob)
+            except (BrokenPipeError, ConnectionResetError):
+                done[i] = True  # already reset by dnsd (a slow run): it went quiet, sure enough
             except BlockingIOError:
                 now = time.monotonic()
                 since = stalled_since[i]
@@ -178,7 +180,7 @@ def test_tcp_clients_that_stop_reading_are_reset_and_do_not_lock_others_out(tmp_
         try:
             hostile, sent = hostile_connections(proc)
             quiet = time.monotonic()  # every hostile client has gone quiet, its connection open
-            assert min(sent) >= 5_000  # tens of MB of answers asked for in all, none read
+            assert min(sent) >= 10_000  # tens of thousands of queries each, hundreds of MB of answers, none read
             held = rss_kib(proc)
             assert proc.metric("dnsd_tcp_connections") == len(hostile)
 

@@ -13,8 +13,12 @@ A client that stops reading its answers is *aborted*, not closed (RFC 7766 6.2.2
 reading, so the connection would keep its slot in the connection limits for as long as the client
 liked (and pin its buffers). Writes paused for longer than the idle timeout (the write timeout), or
 an idle timer that fires while output is still queued (in our buffer, or unsent or unacknowledged
-in the kernel's send queue, which grows to megabytes by itself), reset the connection at once
-(SO_LINGER 0, so that the kernel drops its queue too instead of keeping an orphan). While writes
+in the kernel's send queue, which grows to megabytes by itself), reset the connection (SO_LINGER 0,
+so that the kernel drops its queue too instead of keeping an orphan) unless the client has
+acknowledged more of its answers since the last look (TCP_INFO's bytes_acked): a slow reader that
+keeps reading, a large transfer to a distant secondary, is given another timeout each time it makes
+progress; one that stopped reading is reset within the timeout. (The first look at a connection
+idle with output only in the kernel takes a short grace period to measure progress.) While writes
 are paused no further queries are answered: complete messages already read wait in the connection's
 buffer, so what one connection holds in memory is bounded by the transport's high-water mark plus
 one read.
@@ -122,6 +126,22 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST and drops the send 
 _QUEUE_SIZE = struct.Struct("i")
 
 
+_TCP_INFO_SIZE = 128
+_BYTES_ACKED = struct.Struct("=Q")  # struct tcp_info's tcpi_bytes_acked, at offset 120 (Linux 4.1+)
+
+
+def _bytes_acked(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes of our output the client has acknowledged so far; None when the kernel does not say."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return None
+    return int(_BYTES_ACKED.unpack_from(info, 120)[0]) if len(info) >= _TCP_INFO_SIZE else None
+
+
 def _kernel_send_queue(transport: asyncio.BaseTransport) -> int:
     """Bytes in the kernel's send queue (unsent or unacknowledged) of a TCP transport; 0 when unknown."""
     sock = transport.get_extra_info("socket")
@@ -161,6 +181,9 @@ class TcpProtocol(asyncio.Protocol):
         self.accepted = False
         self.write_paused = False
         self.write_timer: asyncio.TimerHandle | None = None
+        # bytes_acked when the write timer / the idle stall check last looked (None: not looked yet)
+        self.acked_paused: int | None = None
+        self.acked_idle: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's class is no subclass
@@ -199,20 +222,30 @@ class TcpProtocol(asyncio.Protocol):
         for task in self.tasks:
             task.cancel()
 
-    def _arm_idle(self) -> None:
+    def _arm_idle(self, delay: float | None = None) -> None:
         if self.idle is not None:
             self.idle.cancel()
         loop = asyncio.get_running_loop()
-        self.idle = loop.call_later(self.state.idle_timeout, self._on_idle)
+        self.idle = loop.call_later(self.state.idle_timeout if delay is None else delay, self._on_idle)
 
     def _on_idle(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.write_paused or transport.get_write_buffer_size() or _kernel_send_queue(transport):
-            # Answers still unsent after an idle timeout: the client is not reading, and close()
-            # would wait for them forever (or the kernel would, for an orphan).
-            self._abort()
+        if self.write_paused:
+            self._arm_idle()  # the write timer judges a paused connection
+        elif transport.get_write_buffer_size() or _kernel_send_queue(transport):
+            # Answers still unsent after an idle timeout: close() would wait for a client that has
+            # stopped reading forever (or the kernel would, for an orphan), so judge its progress.
+            acked = _bytes_acked(transport)
+            if acked is not None and self.acked_idle is None:
+                self.acked_idle = acked
+                self._arm_idle(self._grace())  # measure progress from now
+            elif acked is not None and self.acked_idle is not None and acked > self.acked_idle:
+                self.acked_idle = acked
+                self._arm_idle()  # still reading, slowly: another idle timeout
+            else:
+                self._abort()
         elif self.pending == 0:
             transport.close()  # RFC 7766 6.2.3: the server closes idle connections
         else:
@@ -234,6 +267,7 @@ class TcpProtocol(asyncio.Protocol):
         if self._process():
             # Only whole messages restart the clock: a client trickling a byte now and then
             # (slowloris) is still closed one idle timeout after its last complete query.
+            self.acked_idle = None
             self._arm_idle()
 
     def _process(self) -> bool:
@@ -257,12 +291,33 @@ class TcpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         if self.write_timer is None:
-            self.write_timer = asyncio.get_running_loop().call_later(self.state.idle_timeout, self._write_stalled)
+            self.write_timer = asyncio.get_running_loop().call_later(self._grace(), self._write_baseline)
+
+    def _grace(self) -> float:
+        """A short wait before measuring progress: acknowledgements of what was just sent (delayed
+        ACKs, up to 40 ms on Linux) must not count as the client reading."""
+        return min(1.0, self.state.idle_timeout / 4)
+
+    def _write_baseline(self) -> None:
+        self.write_timer = None
+        if not self.write_paused or self.transport is None or self.transport.is_closing():
+            return
+        self.acked_paused = _bytes_acked(self.transport)
+        self.write_timer = asyncio.get_running_loop().call_later(self.state.idle_timeout - self._grace(),
+                                                                 self._write_stalled)
 
     def _write_stalled(self) -> None:
         self.write_timer = None
-        if self.write_paused and self.transport is not None and not self.transport.is_closing():
-            self._abort()
+        transport = self.transport
+        if not self.write_paused or transport is None or transport.is_closing():
+            return
+        acked = _bytes_acked(transport)
+        if acked is not None and self.acked_paused is not None and acked > self.acked_paused:
+            # Paused all along, but the client took some of its answers: a slow reader, not a stalled one.
+            self.acked_paused = acked
+            self.write_timer = asyncio.get_running_loop().call_later(self.state.idle_timeout, self._write_stalled)
+            return
+        self._abort()
 
     def resume_writing(self) -> None:
         self.write_paused = False

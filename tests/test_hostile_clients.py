@@ -22,6 +22,7 @@ import ipaddress
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,6 +214,31 @@ def test_tcp_clients_that_stop_reading_are_reset_and_do_not_lock_others_out(tmp_
         assert held - before < 8 * 1024, (before, held)
         assert after - before < 8 * 1024, (before, after)
         assert tcp_answer(proc, "127.0.4.1", name=BIG) is not None  # the hostile addresses' slots are free again
+
+
+def test_a_slow_reader_that_keeps_reading_gets_every_answer() -> None:
+    # The other side of the write timeout: a client that pipelines 600 queries for a 2.9 KB answer
+    # (1.7 MB) and reads them slowly, pausing 0.15 s every 30 answers (3 s of pauses in all, longer
+    # than the idle timeout, each far shorter), is never reset: it keeps making progress.
+    count = 600
+    with tempfile.TemporaryDirectory() as workdir:
+        manifests = headless_service(Path(workdir) / "big.yaml", "big", 100)
+        with DnsdProcess("--zone", Z, "--source", f"file:{manifests}", "--recursion", "off",
+                         "--tcp-idle-timeout", str(IDLE), http="127.0.0.1:0") as proc, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect((proc.host, proc.port))
+            queries = [dns.message.make_query(BIG, "AAAA", id=i) for i in range(count)]
+            sock.sendall(b"".join(frame(q.to_wire()) for q in queries))
+            seen = set()
+            for _ in queries:
+                reply = read_frame(sock)
+                assert struct.unpack_from("!HH", reply, 6) == (100, 0)  # every AAAA record, no TC
+                seen.add(struct.unpack_from("!H", reply)[0])
+                if len(seen) % 30 == 0:
+                    time.sleep(0.15)
+            assert seen == set(range(count))
+            assert proc.metric("dnsd_limit_hits_total", limit="tcp_write_stalled") == 0
 
 
 # ---- findings 2 and 3: RRL tokens and slip ------------------------------------------------------

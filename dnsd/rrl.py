@@ -43,8 +43,9 @@ MAX_BUCKETS = 200_000
 MAX_NETWORKS = 65_536
 
 SEND, DROP, SLIP = 0, 1, 2
-# Token classes: a leading zero octet cannot start a positive token (a question's name is never the
-# root with a type of 0xNN..., and these are longer than any collision would need to be).
+# Class prefixes of the other tokens: they start with a zero octet and are longer than five octets, so
+# no token built on them equals a positive one (a question, which starts with a zero octet only for the
+# root, and is then five octets long).
 NODATA_CLASS = b"\x00nodata"
 NXDOMAIN_CLASS = b"\x00nxdomain"
 TRUNCATED_CLASS = b"\x00truncated"

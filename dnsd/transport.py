@@ -124,8 +124,6 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # close() sends RST and drops the send queue
 _QUEUE_SIZE = struct.Struct("i")
-
-
 _TCP_INFO_SIZE = 128
 _BYTES_ACKED = struct.Struct("=Q")  # struct tcp_info's tcpi_bytes_acked, at offset 120 (Linux 4.1+)
 
@@ -325,6 +323,7 @@ class TcpProtocol(asyncio.Protocol):
             self.write_timer.cancel()
             self.write_timer = None
         if self.transport is not None and not self.transport.is_closing() and self._process():
+            self.acked_idle = None
             self._arm_idle()
         self._maybe_resume()
 

@@ -33,9 +33,15 @@ NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16  # an extended rcode: upper 8 bits travel in the OPT record (RFC 6891 6.1.3)
 
 OPT = 41
+TSIG = 250
 CLASS_IN = 1
 ANY = 255
 AXFR, IXFR = 252, 251
+
+#: Extra questions skipped to find the OPT of a FORMERR for QDCOUNT > 1; past it the answer has no OPT.
+MAX_EXTRA_QUESTIONS = 8
+#: Records walked to find the OPT of a NOTIMP answer (a NOTIFY holds two or three).
+MAX_NOTIMP_RECORDS = 8
 
 #: Largest UDP response without EDNS (RFC 1035 4.2.1).
 CLASSIC_UDP_SIZE = 512
@@ -210,13 +216,6 @@ def parse_query(data: bytes) -> Query:
     elif query.qtype in (253, 254):
         query.error = NOTIMP  # MAILB / MAILA
     return query
-
-
-#: Extra questions skipped to find the OPT of a FORMERR for QDCOUNT > 1; past it the answer has no OPT.
-MAX_EXTRA_QUESTIONS = 8
-#: Records walked to find the OPT of a NOTIMP answer (a NOTIFY holds two or three).
-MAX_NOTIMP_RECORDS = 8
-TSIG = 250
 
 
 def _read_additional(query: Query, data: bytes, offset: int, count: int) -> None:

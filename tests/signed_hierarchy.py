@@ -44,7 +44,7 @@ UNBOUND_DNS64 = NET + "54"
 ZONES: dict[str, tuple[str, str, str]] = {
     "nsec.test.": (NET + "10", "ecdsa-nsec", """
 www A 192.0.2.10
-a-only A 192.0.2.11
+a-only A 1.2.3.11
 txt TXT "only text"
 *.wild A 192.0.2.12
 cname CNAME www.insecure.test.
@@ -63,9 +63,10 @@ ns.unsigned A 127.54.0.21
     "rsa.test.": (NET + "13", "rsa", "www A 192.0.2.40\n"),
     "ed.test.": (NET + "14", "ed25519", "www A 192.0.2.50\n"),
     "iter.test.": (NET + "15", "ecdsa-iter", "www A 192.0.2.60\n"),
-    "insecure.test.": (NET + "16", "unsigned", "www A 192.0.2.70\n"),
+    "insecure.test.": (NET + "16", "unsigned", "www A 1.2.3.70\n"),
     "unsigned.nsec.test.": (NET + "17", "unsigned", "www A 192.0.2.80\n"),
-    "bogus.test.": (NET + "18", "presigned:corrupt", "www A 192.0.2.90\na-only A 192.0.2.91\n"),
+    "bogus.test.": (NET + "18", "presigned:corrupt",
+                    "www A 192.0.2.90\na-only A 192.0.2.91\nb-only A 1.2.3.92\n"),
     "expired.test.": (NET + "19", "presigned:expired", "www A 192.0.2.100\n"),
     "nokey.test.": (NET + "20", "ecdsa-nsec", "www A 192.0.2.110\n"),
     "unsigned.optout.test.": (NET + "21", "unsigned", "www A 192.0.2.120\n"),
@@ -258,10 +259,13 @@ class Signed:
                        check=True, capture_output=True, cwd=directory)
         signed = dns.zone.from_file(str(directory / "signed"), origin=zone, relativize=False)
         if how == "corrupt":
-            for owner in ("www", "a-only"):
+            # www and a-only: a broken signature over the A RRset; b-only: over its NSEC (so that
+            # its A is fine but any denial at it is bogus)
+            for owner, covered in (("www", dns.rdatatype.A), ("a-only", dns.rdatatype.A),
+                                   ("b-only", dns.rdatatype.NSEC)):
                 node = signed.get_node(dns.name.from_text(owner, dns.name.from_text(zone)))
                 assert node is not None
-                rrsigs = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.A)
+                rrsigs = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, covered)
                 assert rrsigs is not None
                 broken = [r.replace(signature=bytes([r.signature[0] ^ 0xFF]) + r.signature[1:]) for r in rrsigs]
                 rrsigs.clear()

@@ -99,3 +99,132 @@ def test_same_verdict_as_unbound(dnsd: DnsdProcess, name: str, qtype: str, rcode
     assert ede(ours) == codes
     if rcode == NOERROR and qtype == "A" and name != "cname.nsec.test" and not name.endswith(".txt"):
         assert sorted(rdata_texts(ours, "A")) == sorted(rdata_texts(reference, "A"))
+
+
+def test_cd_returns_bogus_data_unvalidated(dnsd: DnsdProcess) -> None:
+    reply = ask(dnsd.host, dnsd.port, "www.bogus.test", cd=True)
+    assert reply.rcode() == NOERROR
+    assert not reply.flags & dns.flags.AD
+    assert reply.flags & dns.flags.CD
+    assert rdata_texts(reply, "A") == ["192.0.2.90"]
+    # and without CD the same cached data is still refused
+    again = ask(dnsd.host, dnsd.port, "www.bogus.test")
+    assert again.rcode() == SERVFAIL and ede(again) == [6]
+
+
+def test_do_returns_signatures_and_proofs(dnsd: DnsdProcess) -> None:
+    positive = ask(dnsd.host, dnsd.port, "www.nsec.test")
+    assert {dns.rdatatype.A, dns.rdatatype.RRSIG} == {rrset.rdtype for rrset in positive.answer}
+    negative = ask(dnsd.host, dnsd.port, "nx.nsec.test")
+    types = {rrset.rdtype for rrset in negative.authority}
+    assert {dns.rdatatype.SOA, dns.rdatatype.NSEC, dns.rdatatype.RRSIG} <= types
+    nsec3 = ask(dnsd.host, dnsd.port, "nx.nsec3.test")
+    assert dns.rdatatype.NSEC3 in {rrset.rdtype for rrset in nsec3.authority}
+    wildcard = ask(dnsd.host, dnsd.port, "x.y.wild.nsec.test")  # the proof that x.y does not exist
+    assert dns.rdatatype.NSEC in {rrset.rdtype for rrset in wildcard.authority}
+
+
+def test_ad_needs_do_or_ad_in_the_query(dnsd: DnsdProcess) -> None:
+    """RFC 6840 5.7-5.8: AD for a DO=0 query only when it set AD itself; no DNSSEC records for DO=0."""
+    plain = ask(dnsd.host, dnsd.port, "www.nsec.test", do=False)
+    assert plain.rcode() == NOERROR and not plain.flags & dns.flags.AD
+    assert {rrset.rdtype for rrset in plain.answer} == {dns.rdatatype.A}
+    asking = ask(dnsd.host, dnsd.port, "www.nsec.test", do=False, ad=True)
+    assert asking.flags & dns.flags.AD
+    assert {rrset.rdtype for rrset in asking.answer} == {dns.rdatatype.A}
+    negative = ask(dnsd.host, dnsd.port, "nx.nsec.test", do=False, ad=True)
+    assert negative.rcode() == NXDOMAIN and negative.flags & dns.flags.AD
+    assert {rrset.rdtype for rrset in negative.authority} == {dns.rdatatype.SOA}
+    insecure = ask(dnsd.host, dnsd.port, "www.insecure.test", do=False, ad=True)
+    assert not insecure.flags & dns.flags.AD
+
+
+def test_cached_answers_keep_their_state_on_the_fast_path(dnsd: DnsdProcess) -> None:
+    first = ask(dnsd.host, dnsd.port, "www.rsa.test", "A")
+    judged = dnsd.metric("dnsd_dnssec_validations_total", result="secure")
+    hits = dnsd.metric("dnsd_queries_total", source="cache")
+    for _ in range(3):
+        udp = dns.query.udp(dns.message.make_query("www.rsa.test", "A", want_dnssec=True, use_edns=0),
+                            dnsd.host, port=dnsd.port, timeout=8)
+        assert udp.flags & dns.flags.AD
+        assert udp.answer == first.answer
+    assert dnsd.metric("dnsd_queries_total", source="cache") >= hits + 3
+    assert dnsd.metric("dnsd_dnssec_validations_total", result="secure") == judged  # judged once
+    bogus = dnsd.metric("dnsd_dnssec_validations_total", result="bogus")
+    for _ in range(2):
+        assert ede(ask(dnsd.host, dnsd.port, "www.expired.test")) == [7]
+    assert dnsd.metric("dnsd_dnssec_validations_total", result="bogus") == bogus  # bogus is cached too
+    assert dnsd.metric("dnsd_dnssec_validations_total", result="insecure") >= 1
+
+
+def test_negative_trust_anchor(signed: Signed) -> None:
+    with _dnsd(signed, "--negative-trust-anchor", "bogus.test") as proc:
+        reply = ask(proc.host, proc.port, "www.bogus.test")
+        assert reply.rcode() == NOERROR and not reply.flags & dns.flags.AD
+        assert rdata_texts(reply, "A") == ["192.0.2.90"]
+        still = ask(proc.host, proc.port, "www.expired.test")
+        assert still.rcode() == SERVFAIL
+        secure = ask(proc.host, proc.port, "www.nsec.test")
+        assert secure.flags & dns.flags.AD
+
+
+def test_validation_off_passes_everything(signed: Signed) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", signed.root_hints,
+                     "--dnssec-validation", "off") as proc:
+        reply = ask(proc.host, proc.port, "www.bogus.test")
+        assert reply.rcode() == NOERROR and not reply.flags & dns.flags.AD
+
+
+def test_the_bundled_root_anchor_rejects_a_fake_root(signed: Signed) -> None:
+    """Without --trust-anchor the real root's KSKs are the anchor: this hierarchy's root is a fake."""
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", signed.root_hints,
+                     "--dnssec-validation", "on") as proc:
+        reply = ask(proc.host, proc.port, "www.nsec.test")
+        assert reply.rcode() == SERVFAIL
+        assert ede(reply) == [9]  # no DNSKEY of the fake root matches the root's DS
+
+
+# ---- DNS64 with validation (RFC 6147 5.5) ---------------------------------------------------------
+
+SYNTHESIZED = "64:ff9b::102:30b"  # 1.2.3.11 under the well-known prefix
+
+
+def test_dns64_do0_synthesizes_after_validating(dnsd: DnsdProcess) -> None:
+    reply = ask(dnsd.host, dnsd.port, "a-only.nsec.test", "AAAA", do=False)
+    assert reply.rcode() == NOERROR
+    assert rdata_texts(reply, "AAAA") == [SYNTHESIZED]
+    assert not reply.flags & dns.flags.AD
+    assert ede(reply) == [29]  # Synthesized
+    assert {rrset.rdtype for rrset in reply.answer} == {dns.rdatatype.AAAA}
+
+
+def test_dns64_do1_synthesizes_from_a_validated_a_with_ad(dnsd: DnsdProcess) -> None:
+    reply = ask(dnsd.host, dnsd.port, "a-only.nsec.test", "AAAA", do=True)
+    assert rdata_texts(reply, "AAAA") == [SYNTHESIZED]
+    assert reply.flags & dns.flags.AD  # 5.5 case 2: the A and the AAAA denial were both secure
+    assert ede(reply) == [29]
+    assert dns.rdatatype.RRSIG not in {rrset.rdtype for rrset in reply.answer}
+
+
+def test_dns64_do1_cd1_gets_no_synthesis(dnsd: DnsdProcess) -> None:
+    reply = ask(dnsd.host, dnsd.port, "a-only.nsec.test", "AAAA", do=True, cd=True)
+    assert reply.rcode() == NOERROR
+    assert rdata_texts(reply, "AAAA") == []  # the validating stub sees the real (signed) NODATA
+    assert dns.rdatatype.NSEC in {rrset.rdtype for rrset in reply.authority}
+
+
+def test_dns64_insecure_name_is_synthesized_without_ad(dnsd: DnsdProcess) -> None:
+    reply = ask(dnsd.host, dnsd.port, "www.insecure.test", "AAAA", do=True)
+    assert rdata_texts(reply, "AAAA") == ["64:ff9b::102:346"]
+    assert not reply.flags & dns.flags.AD
+
+
+@pytest.mark.parametrize("name", ["a-only.bogus.test", "b-only.bogus.test"])
+def test_dns64_bogus_is_servfail_ede6(dnsd: DnsdProcess, name: str) -> None:
+    """a-only: the negative AAAA is fine but the A is bogus; b-only: the A is fine but the negative
+    AAAA answer is bogus, which must stop the synthesis before the A is even used."""
+    for do in (False, True):
+        reply = ask(dnsd.host, dnsd.port, name, "AAAA", do=do)
+        assert reply.rcode() == SERVFAIL
+        assert ede(reply) == [6]
+    assert rdata_texts(ask(dnsd.host, dnsd.port, "b-only.bogus.test", "A"), "A") == ["1.2.3.92"]

@@ -45,6 +45,7 @@ ZONES: dict[str, tuple[str, str, str]] = {
     "nsec.test.": (NET + "10", "ecdsa-nsec", """
 www A 192.0.2.10
 a-only A 1.2.3.11
+mapped-only AAAA ::ffff:1.2.3.8
 txt TXT "only text"
 *.wild A 192.0.2.12
 cname CNAME www.insecure.test.

@@ -228,3 +228,13 @@ def test_dns64_bogus_is_servfail_ede6(dnsd: DnsdProcess, name: str) -> None:
         assert reply.rcode() == SERVFAIL
         assert ede(reply) == [6]
     assert rdata_texts(ask(dnsd.host, dnsd.port, "b-only.bogus.test", "A"), "A") == ["1.2.3.92"]
+
+
+def test_dns64_only_excluded_addresses_and_no_a_is_nodata(dnsd: DnsdProcess) -> None:
+    """RFC 6147 5.1.4: an answer of excluded (here IPv4-mapped) addresses only counts as empty; with
+    no A to synthesize from, the answer is NODATA, not the mapped address (BIND does the same)."""
+    for do in (False, True):
+        reply = ask(dnsd.host, dnsd.port, "mapped-only.nsec.test", "AAAA", do=do)
+        assert reply.rcode() == NOERROR
+        assert rdata_texts(reply, "AAAA") == []
+        assert dns.rdatatype.RRSIG not in {rrset.rdtype for rrset in reply.answer}

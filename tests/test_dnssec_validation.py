@@ -238,3 +238,18 @@ def test_dns64_only_excluded_addresses_and_no_a_is_nodata(dnsd: DnsdProcess) -> 
         assert reply.rcode() == NOERROR
         assert rdata_texts(reply, "AAAA") == []
         assert dns.rdatatype.RRSIG not in {rrset.rdtype for rrset in reply.answer}
+
+
+FORWARD_CASES = [c for c in CASES if c[0] in (
+    "www.nsec.test", "nx.nsec3.test", "x.y.wild.nsec.test", "www.insecure.test", "www.unsigned.optout.test",
+    "www.bogus.test", "www.expired.test", "www.nokey.test", "cname.nsec.test", "www.ed.test")]
+
+
+def test_forward_mode_validates_too(signed: Signed) -> None:
+    """Forwarding to a resolver (with CD=1, so that it hands over even what it finds bogus), dnsd still
+    judges every answer itself, with the same verdicts as iterating."""
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "forward", "--forwarder", UNBOUND,
+                     "--trust-anchor", signed.anchor_file, "--dnssec-validation", "on") as proc:
+        for name, qtype, rcode, ad, codes in FORWARD_CASES:
+            reply = ask(proc.host, proc.port, name, qtype)
+            assert (name, reply.rcode(), bool(reply.flags & dns.flags.AD), ede(reply)) == (name, rcode, ad, codes)

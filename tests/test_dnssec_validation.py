@@ -253,3 +253,9 @@ def test_forward_mode_validates_too(signed: Signed) -> None:
         for name, qtype, rcode, ad, codes in FORWARD_CASES:
             reply = ask(proc.host, proc.port, name, qtype)
             assert (name, reply.rcode(), bool(reply.flags & dns.flags.AD), ede(reply)) == (name, rcode, ad, codes)
+
+
+def test_any_query_is_not_servfail(dnsd: DnsdProcess) -> None:
+    """The iterator answers ANY with an empty NOERROR (RFC 8482 lets it); validation keeps it so."""
+    reply = ask(dnsd.host, dnsd.port, "www.ed.test", "ANY")
+    assert reply.rcode() == NOERROR and not reply.flags & dns.flags.AD

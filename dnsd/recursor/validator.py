@@ -67,6 +67,7 @@ BOGUS_TTL = 60
 MAX_STEPS = 100_000
 
 Fetch = Callable[[bytes, int], Awaitable[Answer]]
+_ANY = 255
 
 
 class WorkExceeded(Exception):
@@ -223,6 +224,8 @@ class Validator:
                 sigs.setdefault((key(rr.owner), sig.type_covered), []).append(sig)
             else:
                 rrsets.setdefault((key(rr.owner), rr.rtype), []).append(rr)
+        if qtype == _ANY and not rrsets and answer.rcode == NOERROR:
+            return INSECURE, None  # the iterator keeps nothing of an ANY answer (RFC 8482): nothing to judge
         parts: list[tuple[int, int | None]] = []
         dname: RR | None = None
         end = key(qname)
@@ -237,7 +240,8 @@ class Validator:
             if rtype == CNAME and owner == end and qtype != CNAME:
                 end = key(first_name(rrs[0].rdata))
             parts.append(await self._rrset(owner, rtype, rrs, sigs.get((owner, rtype), []), answer, work))
-        has_data = (end, qtype) in rrsets or (qtype == CNAME and (key(qname), CNAME) in rrsets)
+        has_data = (end, qtype) in rrsets or (qtype == CNAME and (key(qname), CNAME) in rrsets) or (
+            qtype == _ANY and any(owner == end for owner, _ in rrsets))
         if answer.rcode == NXDOMAIN or (answer.rcode == NOERROR and not has_data):
             parts.append(await self._negative(end, qtype, answer, work))
         if not parts:

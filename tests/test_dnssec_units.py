@@ -280,3 +280,27 @@ def test_record_parsers_reject_malformed_rdata() -> None:
         frozenset({1, 28, 46, 65, 256, 32769})
     assert records.label_count(to_wire("*.a.example")) == 2
     _ = dns.rdataclass.IN, dns.rdatatype.A  # (imported for the signing helpers)
+
+
+def test_validated_ttls_are_capped_by_the_signature() -> None:
+    """RFC 4035 5.3.3: no longer than the RRSIG's original TTL nor past its expiration."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = dns.dnssec.make_dnskey(private.public_key(), 13, flags=257)
+    origin = dns.name.from_text("example.")
+    keys = dns.rrset.from_text("example.", 300, "IN", "DNSKEY", key.to_text())
+    a = dns.rrset.from_text("www.example.", 60, "IN", "A", "192.0.2.1")
+    key_sig = dns.dnssec.sign(keys, private, origin, key, lifetime=3600)
+    a_sig = dns.dnssec.sign(a, private, origin, key, lifetime=100)
+
+    async def fetch(name: bytes, qtype: int) -> Answer:
+        return Answer(0, (RR(keys.name.to_wire(), 48, 1, 300, key.to_wire()),
+                          RR(keys.name.to_wire(), 46, 1, 300, key_sig.to_wire())))
+
+    v = validator.Validator([validator.Anchor(origin.to_wire(), (), (key.to_wire(),))], [], fetch)
+    owner = a.name.to_wire()
+    answer = Answer(0, (RR(owner, 1, 1, 3600, a[0].to_wire()), RR(owner, 46, 1, 3600, a_sig.to_wire())))
+    judged = asyncio.run(v.validate(owner, 1, answer))
+    assert judged.security == validator.SECURE
+    assert [rr.ttl for rr in judged.answer] == [60, 60]  # the original TTL, not the 3600 served
+    short = Answer(0, (RR(owner, 1, 1, 50, a[0].to_wire()), RR(owner, 46, 1, 50, a_sig.to_wire())))
+    assert [rr.ttl for rr in asyncio.run(v.validate(owner, 1, short)).answer] == [50, 50]

@@ -201,18 +201,28 @@ class Validator:
 
     async def validate(self, qname: bytes, qtype: int, answer: Answer) -> Answer:
         """`answer` with its security state and EDE set; counted in dnsd_dnssec_validations_total."""
+        caps: dict[tuple[bytes, int], int] = {}
         try:
-            state, ede = await self._answer(qname, qtype, answer, Work())
+            state, ede = await self._answer(qname, qtype, answer, Work(), caps)
         except (WorkExceeded, nsec3.HashBudgetExceeded):
             state, ede = BOGUS, EDE_BOGUS
         metrics.DNSSEC_VALIDATIONS.labels(result=STATE_NAMES[state]).inc()
+        if caps and state == SECURE:
+            # RFC 4035 5.3.3: a validated RRset lives no longer than its RRSIG's original TTL and
+            # validity period; its signatures go with it
+            def capped(rr: RR) -> RR:
+                covered = int.from_bytes(rr.rdata[:2], "big") if rr.rtype == RRSIG else rr.rtype
+                cap = caps.get((key(rr.owner), covered))
+                return rr if cap is None or rr.ttl <= cap else rr._replace(ttl=cap)
+            answer = replace(answer, answer=tuple(capped(rr) for rr in answer.answer))
         return replace(answer, security=state, ede=ede)
 
     def _covered(self, name: bytes) -> bool:
         k = key(name)
         return any(_subdomain(k, n) for n in self.negative)
 
-    async def _answer(self, qname: bytes, qtype: int, answer: Answer, work: Work) -> tuple[int, int | None]:
+    async def _answer(self, qname: bytes, qtype: int, answer: Answer, work: Work,
+                      caps: dict[tuple[bytes, int], int]) -> tuple[int, int | None]:
         sigs: dict[tuple[bytes, int], list[Rrsig]] = {}
         rrsets: dict[tuple[bytes, int], list[RR]] = {}
         for rr in answer.answer:
@@ -239,7 +249,7 @@ class Validator:
                 continue
             if rtype == CNAME and owner == end and qtype != CNAME:
                 end = key(first_name(rrs[0].rdata))
-            parts.append(await self._rrset(owner, rtype, rrs, sigs.get((owner, rtype), []), answer, work))
+            parts.append(await self._rrset(owner, rtype, rrs, sigs.get((owner, rtype), []), answer, work, caps))
         has_data = (end, qtype) in rrsets or (qtype == CNAME and (key(qname), CNAME) in rrsets) or (
             qtype == _ANY and any(owner == end for owner, _ in rrsets))
         if answer.rcode == NXDOMAIN or (answer.rcode == NOERROR and not has_data):
@@ -254,7 +264,7 @@ class Validator:
         return worst[0], ede
 
     async def _rrset(self, owner: bytes, rtype: int, rrs: list[RR], sigs: list[Rrsig], answer: Answer,
-                     work: Work) -> tuple[int, int | None]:
+                     work: Work, caps: dict[tuple[bytes, int], int]) -> tuple[int, int | None]:
         if self._covered(owner):
             return INSECURE, None
         signer = next((s.signer for s in sigs if _subdomain(owner, s.signer)), None)
@@ -271,6 +281,7 @@ class Validator:
         verified, ede, sig = self._verify(owner, rtype, [rr.rdata for rr in rrs], sigs, zone, work)
         if not verified or sig is None:
             return BOGUS, ede
+        caps[(owner, rtype)] = max(1, min(sig.original_ttl, (sig.expiration - int(self.clock())) % 2**32))
         if sig.labels < records.label_count(owner):
             # a wildcard expansion: the name itself must be proven absent (RFC 4035 5.3.4)
             proof = await self._proof(answer.authority, zone, work)

@@ -304,3 +304,15 @@ def test_validated_ttls_are_capped_by_the_signature() -> None:
     assert [rr.ttl for rr in judged.answer] == [60, 60]  # the original TTL, not the 3600 served
     short = Answer(0, (RR(owner, 1, 1, 50, a[0].to_wire()), RR(owner, 46, 1, 50, a_sig.to_wire())))
     assert [rr.ttl for rr in asyncio.run(v.validate(owner, 1, short)).answer] == [50, 50]
+
+
+def test_oversized_dnskey_rrsets_are_refused_unparsed() -> None:
+    many = tuple(RR(to_wire("example"), 48, 1, 300, b"\x01\x01\x03\x0d" + bytes([i]) * 64)
+                 for i in range(validator.MAX_DNSKEYS + 1))
+
+    async def fetch(name: bytes, qtype: int) -> Answer:
+        return Answer(0, many)
+
+    v = validator.Validator([], [], fetch)
+    zone = asyncio.run(v._keys(to_wire("example"), [records.Ds(1, 13, 2, bytes(32))], set(), validator.Work(), 60))
+    assert zone.state == validator.BOGUS and zone.ede == validator.EDE_BOGUS

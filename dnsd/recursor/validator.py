@@ -24,7 +24,8 @@ secure, so a CNAME from a signed zone into an unsigned one is insecure.
 
 Work bounds (CVE-2023-50387 KeyTrap, CVE-2023-50868): at most `MAX_KEYS_PER_TAG` keys tried per
 signature, `MAX_SIGS_PER_RRSET` signatures per RRset, `MAX_VERIFICATIONS` signature checks per client
-query, and `nsec3.MAX_HASHES` NSEC3 hashes per response; past a bound the answer is bogus.
+query, `MAX_DNSKEYS` keys per DNSKEY RRset, and `nsec3.MAX_HASHES` NSEC3 hashes per response; past a
+bound the answer is bogus.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ EDE_NSEC3_ITERATIONS, EDE_SYNTHESIZED = 27, 29
 MAX_KEYS_PER_TAG = 4
 MAX_SIGS_PER_RRSET = 8
 MAX_VERIFICATIONS = 64
+#: A DNSKEY RRset larger than this is refused unparsed (real zones hold a handful of keys).
+MAX_DNSKEYS = 32
 #: DS probes per walk: a name has at most 127 labels, but no legitimate walk needs this many.
 MAX_WALK = 32
 #: Validated keys and zone-cut facts are trusted for at most this long.
@@ -533,6 +536,8 @@ class Validator:
         except (ResolveError, TimeoutError):
             return ZoneKeys(zone, BOGUS, ede=EDE_NO_REACHABLE_AUTHORITY)
         key_rrs = [rr for rr in answer.answer if rr.rtype == DNSKEY and key(rr.owner) == zone]
+        if len(key_rrs) > MAX_DNSKEYS:
+            return ZoneKeys(zone, BOGUS, ede=EDE_BOGUS)
         keys: list[tuple[int, Dnskey]] = []
         for rr in key_rrs:
             try:

@@ -349,6 +349,10 @@ ns.test. A {TLD}
 
 
 if __name__ == "__main__":  # start it by hand for experiments: python -m tests.signed_hierarchy
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `kill` stops the servers too
     h = Signed().start()
     print("root hints", h.root_hints, "anchor", h.anchor_file, "workdir", h.workdir)
     try:

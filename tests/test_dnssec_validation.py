@@ -259,3 +259,21 @@ def test_any_query_is_not_servfail(dnsd: DnsdProcess) -> None:
     """The iterator answers ANY with an empty NOERROR (RFC 8482 lets it); validation keeps it so."""
     reply = ask(dnsd.host, dnsd.port, "www.ed.test", "ANY")
     assert reply.rcode() == NOERROR and not reply.flags & dns.flags.AD
+
+
+def test_concurrent_queries_share_one_judgement(dnsd: DnsdProcess) -> None:
+    import asyncio
+
+    import dns.asyncquery
+
+    before = sum(dnsd.metric("dnsd_dnssec_validations_total", result=r) for r in ("secure", "insecure", "bogus"))
+
+    async def burst() -> list[dns.message.Message]:
+        query = dns.message.make_query("together.wild.nsec.test", "A", want_dnssec=True, use_edns=0)
+        return await asyncio.gather(*(dns.asyncquery.udp(query, dnsd.host, port=dnsd.port, timeout=8)
+                                      for _ in range(20)))
+
+    replies = asyncio.run(burst())
+    assert all(r.rcode() == NOERROR and r.flags & dns.flags.AD for r in replies)
+    after = sum(dnsd.metric("dnsd_dnssec_validations_total", result=r) for r in ("secure", "insecure", "bogus"))
+    assert after == before + 1

@@ -115,14 +115,16 @@ class Recursor:
                                    root_hints.load(config.root_hints), port=settings.port,
                                    timeout=settings.timeout, retries=settings.retries, dnssec=dnssec)
         self._inflight: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
+        self._judging: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
 
     async def start(self) -> None:
         """Nothing to open: every upstream query uses its own socket (random port per query)."""
 
     async def close(self) -> None:
-        for future in self._inflight.values():
+        for future in (*self._inflight.values(), *self._judging.values()):
             future.cancel()
         self._inflight.clear()
+        self._judging.clear()
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""
@@ -203,9 +205,34 @@ class Recursor:
         result = await self._resolve(name, qtype, cache_only, trace)
         if self.validator is None or result.security != dnssec_validator.UNCHECKED:
             return result
-        judged = await self.validator.validate(name, qtype, result)
-        stored = self.cache.put(name, qtype, judged)
-        return stored if stored.security == judged.security else judged
+        # concurrent queries for one answer share one judgement, as they share one resolution
+        k = (key(name), qtype)
+        pending = self._judging.get(k)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise ResolveError("cancelled") from None
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._judging[k] = future
+        try:
+            judged = await self.validator.validate(name, qtype, result)
+            stored = self.cache.put(name, qtype, judged)
+            judged = stored if stored.security == judged.security else judged
+            future.set_result(judged)
+            return judged
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._judging[k]
 
     async def _fetch(self, name: bytes, qtype: int) -> Answer:
         """An unvalidated lookup for the validator's own DS and DNSKEY queries."""

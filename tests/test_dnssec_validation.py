@@ -150,10 +150,12 @@ def test_cached_answers_keep_their_state_on_the_fast_path(dnsd: DnsdProcess) -> 
         assert udp.answer == first.answer
     assert dnsd.metric("dnsd_queries_total", source="cache") >= hits + 3
     assert dnsd.metric("dnsd_dnssec_validations_total", result="secure") == judged  # judged once
+    assert ede(ask(dnsd.host, dnsd.port, "www.expired.test")) == [7]  # judged (unless an earlier test did)
     bogus = dnsd.metric("dnsd_dnssec_validations_total", result="bogus")
     for _ in range(2):
         assert ede(ask(dnsd.host, dnsd.port, "www.expired.test")) == [7]
     assert dnsd.metric("dnsd_dnssec_validations_total", result="bogus") == bogus  # bogus is cached too
+    assert not ask(dnsd.host, dnsd.port, "www.insecure.test").flags & dns.flags.AD
     assert dnsd.metric("dnsd_dnssec_validations_total", result="insecure") >= 1
 
 

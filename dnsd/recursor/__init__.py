@@ -216,6 +216,9 @@ class Recursor:
                 if task is not None and task.cancelling():
                     raise
                 raise ResolveError("cancelled") from None
+        judged_meanwhile = self.cache.get(name, qtype, count=False)  # while this task waited to resume
+        if judged_meanwhile is not None and judged_meanwhile.security != dnssec_validator.UNCHECKED:
+            return judged_meanwhile
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._judging[k] = future
         try:
@@ -287,24 +290,26 @@ class Recursor:
             if len(usable) == len(addresses):
                 return aaaa
             # 5.1.4: excluded addresses are removed from an answer that has others
-            return replace(aaaa, answer=tuple(rr for rr in aaaa.answer if rr.rtype not in (AAAA, RRSIG)
-                                              or rr in usable))
+            # (the AAAA RRset's signatures go too: they no longer cover what is left)
+            return replace(aaaa, answer=tuple(rr for rr in aaaa.answer if rr in usable or not _is_aaaa(rr)))
+        fallback = aaaa  # what stands when nothing is synthesized
         if addresses:
             # 5.1.4: an answer of excluded addresses only is treated as empty: what stands without
-            # a synthesis is NODATA (the CNAME chain kept), not the excluded addresses
-            aaaa = replace(aaaa, answer=tuple(rr for rr in aaaa.answer if rr.rtype != AAAA
-                                              and not (rr.rtype == RRSIG and rr.rdata[:2] == b"\x00\x1c")))
+            # a synthesis is NODATA (the CNAME chain kept), not the excluded addresses; no DNSSEC
+            # proof denies those addresses, so that NODATA is not secure
+            fallback = replace(aaaa, answer=tuple(rr for rr in aaaa.answer if not _is_aaaa(rr)), security=(
+                dnssec_validator.INSECURE if aaaa.security == dnssec_validator.SECURE else aaaa.security))
         # 5.1.6/5.1.7: the SOA of the negative AAAA answer bounds the synthesized TTL
         soa = next(((rr.ttl, soa_minimum(rr.rdata)) for rr in aaaa.authority if rr.rtype == SOA),
                    None)
         try:
             a = await self._lookup(name, A, cache_only, trace)
         except (CacheMiss, ResolveError):
-            return aaaa  # no A answer: the AAAA answer stands as it was
+            return fallback  # no A answer: the AAAA answer stands as it was
         if a.security == dnssec_validator.BOGUS and not cd:
             return replace(a, ede=dnssec_validator.EDE_BOGUS)  # 5.5: never synthesize from bogus data
         if a.rcode != NOERROR:
-            return aaaa
+            return fallback
         synthesized: list[RR] = []
         for rr in a.answer:
             if rr.rtype == RRSIG:
@@ -316,7 +321,7 @@ class Recursor:
                 synthesized.append(RR(rr.owner, AAAA, CLASS_IN,
                                       dns64.synthesized_ttl(rr.ttl, soa), rdata))
         if not any(rr.rtype == AAAA for rr in synthesized):
-            return aaaa  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
+            return fallback  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
         metrics.DNS64_SYNTHESIZED.labels(kind="aaaa").inc()
         trace.synthesized = True
         # 5.5 case 2: AD when the A answer and the AAAA answer's denial were both secure
@@ -333,7 +338,14 @@ class Recursor:
         ttl = min([dns64.NO_SOA_TTL_CAP, *ttls])
         alias = RR(name, CNAME, CLASS_IN, ttl, target)
         metrics.DNS64_SYNTHESIZED.labels(kind="ptr").inc()
-        return Answer(result.rcode, (alias, *result.answer), result.authority)
+        # the alias is dnsd's own, so the answer is never secure; bogus stays bogus (SERVFAIL unless CD=1)
+        if result.security == dnssec_validator.BOGUS:
+            security, ede = dnssec_validator.BOGUS, result.ede
+        elif result.security:
+            security, ede = dnssec_validator.INSECURE, dnssec_validator.EDE_SYNTHESIZED
+        else:
+            security, ede = dnssec_validator.UNCHECKED, None
+        return Answer(result.rcode, (alias, *result.answer), result.authority, security, ede)
 
     def _ipv4only(self, name: bytes, qtype: int, local: tuple[int, list[bytes]]) -> Answer:
         """RFC 8880 7.2: ipv4only.arpa answered locally, never sent upstream."""
@@ -370,6 +382,11 @@ class Recursor:
             return header + question + opt
         header = _HEADER.pack(query.id, flags, 1, len(answer), len(authority), arcount)
         return header + question + bytes(body) + opt
+
+
+def _is_aaaa(rr: RR) -> bool:
+    """An AAAA record or a signature over AAAA records."""
+    return rr.rtype == AAAA or (rr.rtype == RRSIG and rr.rdata[:2] == b"\x00\x1c")
 
 
 def _ipv4only_soa() -> RR:

@@ -6,6 +6,9 @@ total outage still gets tried rather than answered from nothing. SERVFAIL and RE
 failures and move on to the next upstream (failover). The upstream is a full resolver, so its answer
 section is trusted as a whole chain, but only the records that form the chain from the question
 (`chain.follow`) and an SOA above its end are kept: anything else in the response is dropped.
+With DNSSEC validation on, the signatures over those records and the NSEC/NSEC3 proofs are kept too,
+and queries carry DO=1 and CD=1: dnsd validates itself, so it wants the data even where a validating
+upstream would call it bogus.
 """
 
 from __future__ import annotations

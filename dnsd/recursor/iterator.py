@@ -13,6 +13,11 @@ Trust rules (RFC 2181 section 5.4.1, RFC 5452 section 6):
   that gave the referral; other addresses are looked up from their own zones;
 * answer data is accepted only from authoritative (AA) responses.
 
+DNSSEC (`dnssec=True`, from `--dnssec-validation on`): queries carry DO=1, answers keep the RRSIGs
+over their RRsets and the NSEC/NSEC3 proofs of the authority section (all inside the bailiwick), and DS
+queries start at the delegation above the name, since DS lives on the parent side of a zone cut. The
+iterator itself judges nothing: `validator.Validator` does, on the whole answer, in the recursor.
+
 Work is bounded by `chain.Budget`: upstream queries, referrals, nesting of name server address
 lookups, and at most `ns_lookups` glueless NS names resolved per delegation (NXNSAttack). IPv4
 server addresses go through `upstream.Nat64` so that an IPv6-only host reaches them via NAT64.

@@ -237,8 +237,10 @@ class Validator:
                 sigs.setdefault((key(rr.owner), sig.type_covered), []).append(sig)
             else:
                 rrsets.setdefault((key(rr.owner), rr.rtype), []).append(rr)
-        if qtype == _ANY and not rrsets and answer.rcode == NOERROR:
-            return INSECURE, None  # the iterator keeps nothing of an ANY answer (RFC 8482): nothing to judge
+        if qtype == RRSIG or (qtype == _ANY and not rrsets and answer.rcode == NOERROR):
+            # signatures asked for as data are not themselves signed (RFC 4035 2.2), and the iterator
+            # keeps nothing of an ANY answer (RFC 8482): nothing to judge, nothing to claim
+            return INSECURE, None
         parts: list[tuple[int, int | None]] = []
         dname: RR | None = None
         end = key(qname)

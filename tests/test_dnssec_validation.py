@@ -78,6 +78,8 @@ CASES = [
     ("www.bogus.test", "A", SERVFAIL, False, [6]),             # corrupted signature
     ("www.expired.test", "A", SERVFAIL, False, [7]),           # signatures expired in 2020
     ("www.nokey.test", "A", SERVFAIL, False, [9]),             # DS matching no key
+    ("nx.expired.test", "A", SERVFAIL, False, [7]),            # a denial with expired signatures
+    ("b-only.bogus.test", "TXT", SERVFAIL, False, [6]),        # a denial whose NSEC signature is broken
     ("www.iter.test", "A", NOERROR, True, []),                 # 200 NSEC3 iterations: data still signed
     ("nx.iter.test", "A", NXDOMAIN, False, [27]),              # ... but the denial is insecure
     ("cname.nsec.test", "A", NOERROR, False, []),              # CNAME from a signed into an unsigned zone

@@ -290,8 +290,8 @@ class Validator:
         if sig.labels < records.label_count(owner):
             # a wildcard expansion: the name itself must be proven absent (RFC 4035 5.3.4)
             proof = await self._proof(answer.authority, zone, work)
-            if proof is None:
-                return BOGUS, EDE_NSEC_MISSING
+            if isinstance(proof, int):
+                return BOGUS, proof
             nsecs, chain = proof
             if nsecs:
                 if not nsec.wildcard_answer(nsecs, owner):
@@ -337,8 +337,8 @@ class Validator:
             if not ok:
                 return BOGUS, ede
         proof = await self._proof(answer.authority, zone, work)
-        if proof is None:
-            return BOGUS, EDE_NSEC_MISSING
+        if isinstance(proof, int):
+            return BOGUS, proof
         nsecs, chain = proof
         if nsecs:
             proven = (nsec.nxdomain(nsecs, name, zone.zone) if answer.rcode == NXDOMAIN
@@ -356,29 +356,29 @@ class Validator:
         return BOGUS, EDE_NSEC_MISSING
 
     async def _proof(self, authority: Iterable[RR], zone: ZoneKeys,
-                     work: Work) -> tuple[list[tuple[bytes, records.Nsec]], nsec3.Chain | None] | None:
-        """The verified NSEC records, or NSEC3 chain, of `zone` in `authority`; None when a
-        signature fails or there is nothing to prove with."""
+                     work: Work) -> tuple[list[tuple[bytes, records.Nsec]], nsec3.Chain | None] | int:
+        """The verified NSEC records, or NSEC3 chain, of `zone` in `authority`; else the EDE code of
+        what is wrong (12: nothing to prove with; a signature's own code when one fails)."""
         authority = list(authority)
         groups: dict[tuple[bytes, int], list[RR]] = {}
         for rr in authority:
             if rr.rtype in (NSEC, NSEC3) and _subdomain(rr.owner, zone.zone):
                 groups.setdefault((key(rr.owner), rr.rtype), []).append(rr)
         if not groups or len(groups) > 2 * MAX_SIGS_PER_RRSET:
-            return None
+            return EDE_NSEC_MISSING
         nsecs: list[tuple[bytes, records.Nsec]] = []
         nsec3s: list[tuple[bytes, bytes]] = []
         for (owner, rtype), rrs in groups.items():
-            ok, _, _ = self._verify(owner, rtype, [rr.rdata for rr in rrs], _sigs_for(authority, owner, rtype),
-                                    zone, work)
+            ok, ede, _ = self._verify(owner, rtype, [rr.rdata for rr in rrs], _sigs_for(authority, owner, rtype),
+                                      zone, work)
             if not ok:
-                return None
+                return ede if ede is not None else EDE_BOGUS
             for rr in rrs:
                 if rtype == NSEC:
                     try:
                         nsecs.append((owner, records.nsec(rr.rdata)))
                     except FormatError:
-                        return None
+                        return EDE_BOGUS
                 else:
                     nsec3s.append((owner, rr.rdata))
         if nsecs:
@@ -498,7 +498,10 @@ class Validator:
         proof = await self._proof(answer.authority, parent, work)
         status = None
         too_many = False
-        if proof is not None:
+        failure = EDE_NSEC_MISSING
+        if isinstance(proof, int):
+            failure = proof
+        else:
             nsecs, chain = proof
             if nsecs:
                 status = nsec.ds_status(nsecs, cut)
@@ -519,8 +522,7 @@ class Validator:
             return self._remember(cut, ZoneKeys(cut, BOGUS, ede=EDE_BOGUS), BOGUS_TTL)
         # unproven: the parent is signed but offers no valid denial of the DS
         has_sigs = any(rr.rtype == RRSIG for rr in answer.authority)
-        return self._remember(cut, ZoneKeys(cut, BOGUS, ede=EDE_NSEC_MISSING if has_sigs else EDE_RRSIGS_MISSING),
-                              BOGUS_TTL)
+        return self._remember(cut, ZoneKeys(cut, BOGUS, ede=failure if has_sigs else EDE_RRSIGS_MISSING), BOGUS_TTL)
 
     async def _keys(self, zone: bytes, dss: list[records.Ds], trusted: set[bytes], work: Work,
                     ttl: float) -> ZoneKeys:

@@ -10,6 +10,8 @@ seconds since it was stored, and the entry expires with its shortest record.
 
 Size is bounded twice, by entry count and by the bytes the entries hold (an approximation of memory:
 encoded size plus a fixed per-entry overhead); the least recently used entry goes first.
+An answer carries its DNSSEC state (`Answer.security`, set once by the recursor's validator, and the
+EDE code to report), so cached answers keep their verdict; bogus ones are kept for `BOGUS_TTL` at most.
 The cache stores what it is given: deciding what is trustworthy (bailiwick, matching question) is the
 job of `iterator` and `forwarder`, which never hand it out-of-bailiwick records.
 """

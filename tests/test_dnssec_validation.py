@@ -52,8 +52,7 @@ def ask(host: str, port: int, name: str, qtype: str = "A", *, do: bool = True, c
         ad: bool = False) -> dns.message.Message:
     query = dns.message.make_query(name, qtype, want_dnssec=do, use_edns=0)
     query.flags |= (dns.flags.CD if cd else 0) | (dns.flags.AD if ad else 0)
-    return dns.query.udp(query, host, port=port, timeout=8, ignore_trailing=True) if False else \
-        dns.query.tcp(query, host, port=port, timeout=8)
+    return dns.query.tcp(query, host, port=port, timeout=8)  # TCP: DO=1 answers may exceed 1232 octets
 
 
 def ede(reply: dns.message.Message) -> list[int]:

@@ -719,6 +719,8 @@ class Dnsd(Server):
         ]
         if self.recursion == "forward":
             argv += ["--forwarder", f"{HOST}:{self.forwarder}"]
+        if "--dnssec-validation" not in self.extra:
+            argv += ["--dnssec-validation", "off"]  # the lab's upstream data is unsigned
         if self.workers != 1:
             argv += ["--workers", str(self.workers)]
         return [*argv, *self.extra]
@@ -796,7 +798,7 @@ def udp_receive_errors() -> int:
 def dnsperf(port: int, queries: Path, seconds: float, *, tcp: bool = False, rate: float | None = None,
             clients: int = 8, outstanding: int = 200, threads: int = 1, timeout: float = 2.0,
             verbose: bool = False, once: bool = False, cpus: str | None = None, buffer_kb: int = 4096,
-            skip_seconds: float = 0.0) -> Dnsperf:
+            skip_seconds: float = 0.0, dnssec: bool = False) -> Dnsperf:
     """Run dnsperf pinned to `cpus` (default LOAD_CPUS) against HOST:port and parse what it prints.
 
     `buffer_kb` sizes dnsperf's socket buffers (-b), so that a burst of answers is not dropped on the
@@ -813,6 +815,8 @@ def dnsperf(port: int, queries: Path, seconds: float, *, tcp: bool = False, rate
         argv += ["-Q", str(int(rate))]
     if verbose:
         argv += ["-v"]
+    if dnssec:
+        argv += ["-D"]  # DO=1 on every query (validated answers carry AD and their RRSIGs)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     drops = udp_receive_errors()
     began = time.monotonic()

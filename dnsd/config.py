@@ -92,6 +92,10 @@ class Config:
     dns64_allow_nonglobal: bool = False
     rrl_ipv4_prefix: int = 24
     rrl_ipv6_prefix: int = 56
+    # The validating resolver (ARCHITECTURE.md "Contract: the validating resolver").
+    dnssec_validation: bool = True
+    trust_anchor: tuple[str, ...] = ()
+    negative_trust_anchor: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -299,6 +303,13 @@ def parse_namespace(value: Any) -> str:
     return text
 
 
+def parse_anchor_name(value: Any) -> str:
+    """A negative trust anchor: a domain name, or '.' for the root (lower case, no trailing dot)."""
+    if isinstance(value, str) and value.strip() == ".":
+        return ""
+    return parse_domain(value)
+
+
 def parse_label_selector(value: Any) -> str:
     """A Kubernetes label selector string, passed to the API as is."""
     if not isinstance(value, str) or not value.strip():
@@ -388,6 +399,12 @@ OPTIONS: tuple[Option, ...] = (
            "recursive queries in progress at once; beyond it clients get SERVFAIL (default 4096)", metavar="N"),
     Option("recursion_max_per_client", parse_int(1, 1_000_000),
            "recursive queries in progress at once per client address (default 1024)", metavar="N"),
+    Option("dnssec_validation", parse_bool, "validate recursive answers with DNSSEC: on or off (default on)",
+           metavar="on|off"),
+    Option("trust_anchor", parse_path, "DS or DNSKEY records in zone-file format trusted instead of the "
+           "bundled root KSKs", repeat=True, metavar="FILE"),
+    Option("negative_trust_anchor", parse_anchor_name, "no validation at or below this name (RFC 7646)",
+           repeat=True, metavar="NAME"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

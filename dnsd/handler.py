@@ -51,7 +51,7 @@ MAX_CACHED_RESPONSES = 200_000
 #: Upper bound on remembered client-address -> may-recurse decisions.
 MAX_ACL_ENTRIES = 65_536
 
-_FLAG_EDNS, _FLAG_DO, _FLAG_CD, _FLAG_RECURSE = 1, 2, 4, 8
+_FLAG_EDNS, _FLAG_DO, _FLAG_CD, _FLAG_RECURSE, _FLAG_AD = 1, 2, 4, 8, 16
 _OPT_TYPE = b"\x00\x29"
 _ONE_QUESTION_ONLY = b"\x00\x01\x00\x00\x00\x00"
 
@@ -297,6 +297,8 @@ class Handler:
             return None
         if data[3] & 0x10:
             flags |= _FLAG_CD
+        if data[3] & 0x20:  # AD in a query asks for AD in the answer (RFC 6840 5.7): part of the key
+            flags |= _FLAG_AD
         if self.acl.allows(host):
             flags |= _FLAG_RECURSE
         # Only the name folds case: the type and class octets are numbers (65, HTTPS, is "A").

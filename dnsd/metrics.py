@@ -213,3 +213,5 @@ TCP_CONNECTIONS = Gauge("dnsd_tcp_connections", "TCP connections open")
 RRL_BUCKETS = Gauge("dnsd_rrl_buckets", "Response rate limiting buckets held (client network, response kind)")
 
 DNS64_SYNTHESIZED = Counter("dnsd_dns64_synthesized_total", "AAAA answers synthesized by DNS64", ["kind"])
+DNSSEC_VALIDATIONS = Counter("dnsd_dnssec_validations_total",
+                             "Recursive answers judged by the DNSSEC validator", ["result"])

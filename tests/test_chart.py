@@ -54,8 +54,9 @@ KUBE_VERSIONS = ("1.26.0", kubernetes_validate.latest_version())
 CRD_KINDS = {"ServiceMonitor"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 #: dnsd options the chart sets itself (listen, http: the container ports) or never exposes (the source
-#: is always the live cluster, with the in-cluster credentials; no root hints file is mounted).
-CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints"}
+#: is always the live cluster, with the in-cluster credentials; no root hints or trust anchor file is
+#: mounted: the bundled ones serve).
+CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints", "trust_anchor"}
 
 
 # ------------------------------------------------------------------------------------------------

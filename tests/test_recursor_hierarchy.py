@@ -45,7 +45,7 @@ def hierarchy() -> Iterator[Hierarchy]:
 
 def make(hierarchy: Hierarchy, mode: str, **extra: Any) -> Recursor:
     raw: dict[str, Any] = {"zone": "c2.k8s.ooo", "recursion": mode, "root_hints": hierarchy.root_hints,
-                           "forwarder": [UNBOUND_PLAIN]}
+                           "forwarder": [UNBOUND_PLAIN], "dnssec_validation": False}  # unsigned hierarchy
     raw.update(extra)
     return Recursor(config.from_mapping(raw), FAST)
 
@@ -382,7 +382,8 @@ async def test_cached_recursive_answers_are_served_by_the_fast_path_with_the_slo
     hierarchy: Hierarchy, mode: str
 ) -> None:
     cfg = config.from_mapping({"zone": "c2.k8s.ooo", "recursion": mode, "root_hints": hierarchy.root_hints,
-                               "forwarder": [UNBOUND_PLAIN], "source": "file:/dev/null"})
+                               "forwarder": [UNBOUND_PLAIN], "source": "file:/dev/null",
+                               "dnssec_validation": False})
     zone = ZoneIndex(cfg)
     zone.mark_synced()
     recursor = Recursor(cfg, FAST)

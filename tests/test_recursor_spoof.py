@@ -129,6 +129,7 @@ def variant(kind: str, query: dns.message.Message) -> tuple[bytes, str]:
 
 def recursor(**raw: Any) -> Recursor:
     raw.setdefault("zone", "c2.k8s.ooo")
+    raw.setdefault("dnssec_validation", False)  # the fake upstreams are unsigned
     return Recursor(config.from_mapping(raw), SHORT)
 
 

@@ -13,20 +13,29 @@ negative AAAA answer's SOA; `dnsd.dns64` holds the rules as pure functions and t
 sequences them. The handler never calls `answer` for names in dnsd's own zones, but synthesis is
 skipped for them anyway (defence in depth: a zone's own AAAA-less names must stay AAAA-less).
 
-Not here: ACLs, rate limiting, metrics per query (the handler's), DNSSEC validation (answers never
-carry AD; DO+CD queries get unsynthesized answers, RFC 6147 5.5).
+DNSSEC: with `--dnssec-validation on` every answer is judged once by `validator.Validator` (in
+`_lookup`, between the shared resolution and the cache) and keeps its state in the cache; here the
+state becomes AD (RFC 6840 5.7-5.8: secure, and the query had DO or AD), SERVFAIL with an Extended
+DNS Error for bogus data unless the query has CD=1, and the RRSIG/NSEC/NSEC3 records only for DO=1
+clients (RFC 4035 3.2.1). DNS64 follows RFC 6147 5.5: the negative AAAA answer is validated before
+the A query, synthesis uses a validated A (AD when both were secure), anything bogus is SERVFAIL
+with EDE 6, DO+CD queries get no synthesis, and synthesized answers carry EDE 29 (Synthesized).
+
+Not here: ACLs, rate limiting, metrics per query (the handler's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dnsd import dns64, metrics
 from dnsd.config import Config
+from dnsd.dnssec import DNSSEC_TYPES, RRSIG
 from dnsd.recursor import hints as root_hints
 from dnsd.recursor import upstream
+from dnsd.recursor import validator as dnssec_validator
 from dnsd.recursor.cache import Answer, Cache
 from dnsd.recursor.chain import Budget, ResolveError
 from dnsd.recursor.forwarder import Forwarder
@@ -48,6 +57,9 @@ from dnsd.recursor.message import (
     to_wire,
 )
 from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, opt_record
+
+_AD = 0x0020
+_EDE_OPTION = 15  # RFC 8914
 
 _HEADER = struct.Struct("!HHHHHH")
 
@@ -88,23 +100,31 @@ class Recursor:
         self.policy = dns64.Policy(config.dns64_prefix, config.dns64_exclude,
                                    config.dns64_allow_nonglobal)
         self.dns64 = not config.no_dns64
+        self.validator: dnssec_validator.Validator | None = None
+        if config.dnssec_validation:
+            self.validator = dnssec_validator.Validator(
+                dnssec_validator.load_anchors(config.trust_anchor),
+                [to_wire(n) if n else b"\x00" for n in config.negative_trust_anchor], self._fetch)
+        dnssec = self.validator is not None
         self.engine: Iterator | Forwarder | None = None
         if config.recursion == "forward":
             self.engine = Forwarder(config.forwarder, self.infra, timeout=settings.timeout,
-                                    retries=settings.retries)
+                                    retries=settings.retries, dnssec=dnssec)
         elif config.recursion == "iterate":
             self.engine = Iterator(self.cache, self.infra, self.nat64,
                                    root_hints.load(config.root_hints), port=settings.port,
-                                   timeout=settings.timeout, retries=settings.retries)
+                                   timeout=settings.timeout, retries=settings.retries, dnssec=dnssec)
         self._inflight: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
+        self._judging: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
 
     async def start(self) -> None:
         """Nothing to open: every upstream query uses its own socket (random port per query)."""
 
     async def close(self) -> None:
-        for future in self._inflight.values():
+        for future in (*self._inflight.values(), *self._judging.values()):
             future.cancel()
         self._inflight.clear()
+        self._judging.clear()
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""
@@ -130,7 +150,11 @@ class Recursor:
         except (ResolveError, TimeoutError):
             return self._encode(query, SERVFAIL, (), (), limit), "error"
         source = "dns64" if trace.synthesized else "recursion" if trace.upstream else "cache"
-        return self._encode(query, result.rcode, result.answer, result.authority, limit), source
+        if result.security == dnssec_validator.BOGUS and not query.cd:
+            return self._encode(query, SERVFAIL, (), (), limit, ede=result.ede), "error"
+        ad = result.security == dnssec_validator.SECURE and bool(query.edns_do or query.flags & _AD)
+        return self._encode(query, result.rcode, result.answer, result.authority, limit, ad=ad,
+                            ede=result.ede), source
 
     async def resolve(self, qname: str, qtype: int) -> tuple[int, list[tuple[str, int, int, bytes]]]:
         """(rcode, [(owner, type, ttl, uncompressed rdata)]) for a name outside dnsd's zones."""
@@ -138,6 +162,8 @@ class Recursor:
             async with asyncio.timeout(self.settings.query_timeout):
                 result = await self._lookup(to_wire(qname), qtype, False, _Trace())
         except (ResolveError, TimeoutError, ValueError):
+            return SERVFAIL, []
+        if result.security == dnssec_validator.BOGUS:
             return SERVFAIL, []
         return result.rcode, [(text(rr.owner), rr.rtype, rr.ttl, rr.rdata) for rr in result.answer]
 
@@ -166,12 +192,56 @@ class Recursor:
             # RFC 6147 5.1.3: an error other than NXDOMAIN is treated like an empty answer, so
             # that names behind servers that fail AAAA queries still get synthesized addresses
             aaaa = Answer(SERVFAIL)
-        result = await self._synthesize(name, aaaa, cache_only, trace)
+        if aaaa.security == dnssec_validator.BOGUS and not query.cd:
+            # RFC 6147 5.5: the negative answer is validated before the A query; bogus stops here
+            return replace(aaaa, ede=dnssec_validator.EDE_BOGUS)
+        result = await self._synthesize(name, aaaa, cache_only, trace, query.cd)
         if result.rcode == SERVFAIL:
             raise ResolveError("aaaa")
         return result
 
     async def _lookup(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace) -> Answer:
+        """The full answer for (name, qtype), judged by the validator once and cached with its state."""
+        result = await self._resolve(name, qtype, cache_only, trace)
+        if self.validator is None or result.security != dnssec_validator.UNCHECKED:
+            return result
+        # concurrent queries for one answer share one judgement, as they share one resolution
+        k = (key(name), qtype)
+        pending = self._judging.get(k)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise ResolveError("cancelled") from None
+        judged_meanwhile = self.cache.get(name, qtype, count=False)  # while this task waited to resume
+        if judged_meanwhile is not None and judged_meanwhile.security != dnssec_validator.UNCHECKED:
+            return judged_meanwhile
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._judging[k] = future
+        try:
+            judged = await self.validator.validate(name, qtype, result)
+            stored = self.cache.put(name, qtype, judged)
+            judged = stored if stored.security == judged.security else judged
+            future.set_result(judged)
+            return judged
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._judging[k]
+
+    async def _fetch(self, name: bytes, qtype: int) -> Answer:
+        """An unvalidated lookup for the validator's own DS and DNSKEY queries."""
+        return await self._resolve(name, qtype, False, _Trace())
+
+    async def _resolve(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace) -> Answer:
         """The full answer for (name, qtype): cache first, then one shared resolution."""
         cached = self.cache.get(name, qtype)
         if cached is not None:
@@ -210,7 +280,7 @@ class Recursor:
             del self._inflight[k]
 
     async def _synthesize(self, name: bytes, aaaa: Answer, cache_only: bool,
-                          trace: _Trace) -> Answer:
+                          trace: _Trace, cd: bool = False) -> Answer:
         """RFC 6147 section 5.1: decide on synthesis for one AAAA answer and do it."""
         if aaaa.rcode == NXDOMAIN:
             return aaaa  # 5.1.2: a name error is passed through, the A query is not even sent
@@ -220,19 +290,30 @@ class Recursor:
             if len(usable) == len(addresses):
                 return aaaa
             # 5.1.4: excluded addresses are removed from an answer that has others
-            return Answer(aaaa.rcode, tuple(rr for rr in aaaa.answer if rr.rtype != AAAA
-                                            or rr in usable), aaaa.authority)
+            # (the AAAA RRset's signatures go too: they no longer cover what is left)
+            return replace(aaaa, answer=tuple(rr for rr in aaaa.answer if rr in usable or not _is_aaaa(rr)))
+        fallback = aaaa  # what stands when nothing is synthesized
+        if addresses:
+            # 5.1.4: an answer of excluded addresses only is treated as empty: what stands without
+            # a synthesis is NODATA (the CNAME chain kept), not the excluded addresses; no DNSSEC
+            # proof denies those addresses, so that NODATA is not secure
+            fallback = replace(aaaa, answer=tuple(rr for rr in aaaa.answer if not _is_aaaa(rr)), security=(
+                dnssec_validator.INSECURE if aaaa.security == dnssec_validator.SECURE else aaaa.security))
         # 5.1.6/5.1.7: the SOA of the negative AAAA answer bounds the synthesized TTL
         soa = next(((rr.ttl, soa_minimum(rr.rdata)) for rr in aaaa.authority if rr.rtype == SOA),
                    None)
         try:
             a = await self._lookup(name, A, cache_only, trace)
         except (CacheMiss, ResolveError):
-            return aaaa  # no A answer: the AAAA answer stands as it was
+            return fallback  # no A answer: the AAAA answer stands as it was
+        if a.security == dnssec_validator.BOGUS and not cd:
+            return replace(a, ede=dnssec_validator.EDE_BOGUS)  # 5.5: never synthesize from bogus data
         if a.rcode != NOERROR:
-            return aaaa
+            return fallback
         synthesized: list[RR] = []
         for rr in a.answer:
+            if rr.rtype == RRSIG:
+                continue  # signatures over the A records (or the chain) do not cover synthesized data
             if rr.rtype != A:
                 synthesized.append(rr)  # the CNAME/DNAME chain is kept as it was (5.1.6: other
                 continue                # records of the A answer are copied unchanged)
@@ -240,10 +321,15 @@ class Recursor:
                 synthesized.append(RR(rr.owner, AAAA, CLASS_IN,
                                       dns64.synthesized_ttl(rr.ttl, soa), rdata))
         if not any(rr.rtype == AAAA for rr in synthesized):
-            return aaaa  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
+            return fallback  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
         metrics.DNS64_SYNTHESIZED.labels(kind="aaaa").inc()
         trace.synthesized = True
-        return Answer(NOERROR, tuple(synthesized), ())
+        # 5.5 case 2: AD when the A answer and the AAAA answer's denial were both secure
+        if aaaa.security and a.security:
+            security = max(a.security, aaaa.security)
+        else:  # the AAAA answer was an error (5.1.3), so nothing proves that no AAAA exists
+            security = dnssec_validator.INSECURE if a.security else dnssec_validator.UNCHECKED
+        return Answer(NOERROR, tuple(synthesized), (), security, dnssec_validator.EDE_SYNTHESIZED)
 
     async def _ptr(self, name: bytes, target: bytes, cache_only: bool, trace: _Trace) -> Answer:
         """RFC 6147 5.3.1: alias the prefix's ip6.arpa name to in-addr.arpa and resolve that."""
@@ -252,7 +338,14 @@ class Recursor:
         ttl = min([dns64.NO_SOA_TTL_CAP, *ttls])
         alias = RR(name, CNAME, CLASS_IN, ttl, target)
         metrics.DNS64_SYNTHESIZED.labels(kind="ptr").inc()
-        return Answer(result.rcode, (alias, *result.answer), result.authority)
+        # the alias is dnsd's own, so the answer is never secure; bogus stays bogus (SERVFAIL unless CD=1)
+        if result.security == dnssec_validator.BOGUS:
+            security, ede = dnssec_validator.BOGUS, result.ede
+        elif result.security:
+            security, ede = dnssec_validator.INSECURE, dnssec_validator.EDE_SYNTHESIZED
+        else:
+            security, ede = dnssec_validator.UNCHECKED, None
+        return Answer(result.rcode, (alias, *result.answer), result.authority, security, ede)
 
     def _ipv4only(self, name: bytes, qtype: int, local: tuple[int, list[bytes]]) -> Answer:
         """RFC 8880 7.2: ipv4only.arpa answered locally, never sent upstream."""
@@ -266,12 +359,19 @@ class Recursor:
     # ---- encoding ---------------------------------------------------------------------------
 
     def _encode(self, query: Query, rcode: int, answer: tuple[RR, ...],
-                authority: tuple[RR, ...], limit: int) -> bytes:
+                authority: tuple[RR, ...], limit: int, ad: bool = False, ede: int | None = None) -> bytes:
         """Response bytes: question echoed as asked, RD/CD echoed, RA set, OPT iff the query had
-        one, owners equal to the qname compressed to 0xC00C; TC with no records when over `limit`."""
-        flags = QR | RA | (query.flags & (RD | CD)) | (rcode & 0xF)
+        one, owners equal to the qname compressed to 0xC00C; TC with no records when over `limit`.
+        AD as given; the DNSSEC records only for DO=1 (or when asked for); EDE `ede` in the OPT."""
+        flags = QR | RA | (query.flags & (RD | CD)) | (rcode & 0xF) | (_AD if ad else 0)
+        if not query.edns_do:
+            answer = tuple(rr for rr in answer if rr.rtype not in DNSSEC_TYPES or rr.rtype == query.qtype)
+            authority = tuple(rr for rr in authority if rr.rtype not in DNSSEC_TYPES)
         question = query.qname_wire + struct.pack("!HH", query.qtype, query.qclass)
         opt = opt_record(self.config.edns_udp_size, query.edns_do) if query.edns else b""
+        if opt and ede is not None:
+            option = struct.pack("!HHH", _EDE_OPTION, 2, ede)
+            opt = opt[:-2] + struct.pack("!H", len(option)) + option
         qkey = key(query.qname_wire)
         body = bytearray()
         for rr in (*answer, *authority):
@@ -282,6 +382,11 @@ class Recursor:
             return header + question + opt
         header = _HEADER.pack(query.id, flags, 1, len(answer), len(authority), arcount)
         return header + question + bytes(body) + opt
+
+
+def _is_aaaa(rr: RR) -> bool:
+    """An AAAA record or a signature over AAAA records."""
+    return rr.rtype == AAAA or (rr.rtype == RRSIG and rr.rdata[:2] == b"\x00\x1c")
 
 
 def _ipv4only_soa() -> RR:

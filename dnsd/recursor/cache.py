@@ -10,6 +10,8 @@ seconds since it was stored, and the entry expires with its shortest record.
 
 Size is bounded twice, by entry count and by the bytes the entries hold (an approximation of memory:
 encoded size plus a fixed per-entry overhead); the least recently used entry goes first.
+An answer carries its DNSSEC state (`Answer.security`, set once by the recursor's validator, and the
+EDE code to report), so cached answers keep their verdict; bogus ones are kept for `BOGUS_TTL` at most.
 The cache stores what it is given: deciding what is trustworthy (bailiwick, matching question) is the
 job of `iterator` and `forwarder`, which never hand it out-of-bailiwick records.
 """
@@ -20,7 +22,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dnsd import metrics
 from dnsd.recursor.message import RR, SOA, encode_rr, key, soa_minimum
@@ -29,6 +31,8 @@ from dnsd.recursor.message import RR, SOA, encode_rr, key, soa_minimum
 MAX_TTL = 86400
 #: RFC 2308 section 5: negative answers are cached for at most a few hours; Unbound uses one hour.
 MAX_NEGATIVE_TTL = 3600
+#: Bogus answers (`Answer.security`, see validator) are kept this long at most.
+BOGUS, BOGUS_TTL = 3, 60
 #: Rough per-entry bookkeeping cost (objects, dict slot) added to the encoded size.
 ENTRY_OVERHEAD = 400
 
@@ -42,6 +46,10 @@ class Answer:
     rcode: int
     answer: tuple[RR, ...] = ()
     authority: tuple[RR, ...] = ()
+    #: DNSSEC state (validator.UNCHECKED/SECURE/INSECURE/BOGUS) and the EDE code it reports, kept with
+    #: the data so that an answer is judged once
+    security: int = 0
+    ede: int | None = None
 
     @property
     def negative(self) -> bool:
@@ -70,7 +78,7 @@ class Entry:
             return tuple(rr._replace(ttl=max(0, rr.ttl - age)) for rr in records)
 
         a = self.answer
-        return Answer(a.rcode, down(a.answer), down(a.authority))
+        return replace(a, answer=down(a.answer), authority=down(a.authority))
 
     def patched(self, now: float) -> bytes:
         """The pre-encoded records with TTLs counted down to `now` (for a byte-copying fast path)."""
@@ -142,15 +150,17 @@ class Cache:
                 return answer  # RFC 2308 5: a negative answer without SOA is not cached
             ttl = min(ttl, MAX_NEGATIVE_TTL)
             # the SOA is served with the negative TTL, which is what counts down (RFC 2308 5)
-            answer = Answer(answer.rcode, answer.answer, tuple(
+            answer = replace(answer, authority=tuple(
                 rr._replace(ttl=min(rr.ttl, ttl)) if rr.rtype == SOA else rr
                 for rr in answer.authority))
             if answer.answer:
                 ttl = min(ttl, *(rr.ttl for rr in answer.answer))
         else:
             ttl = min(MAX_TTL, *(rr.ttl for rr in answer.answer))
-            answer = Answer(answer.rcode, tuple(rr._replace(ttl=min(rr.ttl, MAX_TTL))
-                                                for rr in answer.answer), answer.authority)
+            answer = replace(answer, answer=tuple(rr._replace(ttl=min(rr.ttl, MAX_TTL))
+                                                  for rr in answer.answer))
+        if answer.security == BOGUS:
+            ttl = min(ttl, BOGUS_TTL)  # retried soon: the zone may be fixed (Unbound's val-bogus-ttl)
         if ttl <= 0:
             return answer
         now = self.clock()

@@ -13,6 +13,11 @@ Trust rules (RFC 2181 section 5.4.1, RFC 5452 section 6):
   that gave the referral; other addresses are looked up from their own zones;
 * answer data is accepted only from authoritative (AA) responses.
 
+DNSSEC (`dnssec=True`, from `--dnssec-validation on`): queries carry DO=1, answers keep the RRSIGs
+over their RRsets and the NSEC/NSEC3 proofs of the authority section (all inside the bailiwick), and DS
+queries start at the delegation above the name, since DS lives on the parent side of a zone cut. The
+iterator itself judges nothing: `validator.Validator` does, on the whole answer, in the recursor.
+
 Work is bounded by `chain.Budget`: upstream queries, referrals, nesting of name server address
 lookups, and at most `ns_lookups` glueless NS names resolved per delegation (NXNSAttack). IPv4
 server addresses go through `upstream.Nat64` so that an IPv6-only host reaches them via NAT64.
@@ -25,7 +30,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from dnsd.recursor import upstream
+from dnsd.recursor import upstream, validator
 from dnsd.recursor.cache import MAX_TTL, Answer, Cache
 from dnsd.recursor.chain import MAX_CHAIN, Budget, ResolveError, follow
 from dnsd.recursor.message import (
@@ -43,7 +48,10 @@ from dnsd.recursor.message import (
     first_name,
     is_subdomain,
     key,
+    parent,
 )
+
+_DS, _RRSIG = 43, 46
 
 
 @dataclass(slots=True)
@@ -61,8 +69,10 @@ class Iterator:
     def __init__(self, cache: Cache, infra: upstream.Infra, nat64: upstream.Nat64,
                  hints: dict[bytes, list[str]], *, port: int = 53, timeout: float = 1.5,
                  retries: int = 1, edns_size: int = upstream.EDNS_SIZE,
-                 max_delegations: int = 10_000) -> None:
+                 max_delegations: int = 10_000, dnssec: bool = False) -> None:
         self.cache = cache
+        #: DNSSEC: ask with DO=1 and keep RRSIG/NSEC/NSEC3 records for the validator
+        self.dnssec = dnssec
         self.infra = infra
         self.nat64 = nat64
         self.root = Delegation(b"\x00", hints, float("inf"))
@@ -76,6 +86,7 @@ class Iterator:
     async def lookup(self, qname: bytes, qtype: int, budget: Budget) -> Answer:
         """The answer for (qname, qtype) with the CNAME/DNAME chain, following it across zones."""
         chain: list[RR] = []
+        extra: list[RR] = []  # DNSSEC proofs of earlier steps (a wildcard-expanded CNAME's)
         name = qname
         seen = {key(name)}
         for _ in range(MAX_CHAIN):
@@ -83,7 +94,8 @@ class Iterator:
             chain.extend(step.answer)
             _, following = follow(step.answer, name, qtype)
             if following is None or step.rcode != NOERROR:
-                return Answer(step.rcode, tuple(chain), step.authority)
+                return Answer(step.rcode, tuple(chain), (*step.authority, *extra))
+            extra.extend(step.authority)
             if key(following) in seen:
                 raise ResolveError("loop")
             seen.add(key(following))
@@ -99,7 +111,8 @@ class Iterator:
             alias = self.cache.get(name, CNAME, count=False)
             if alias is not None and not alias.negative:
                 return alias
-        delegation = self._closest(name)
+        # DS lives on the parent side of a zone cut (RFC 4035 3.1.4.1): ask above the name
+        delegation = self._closest(parent(name) if qtype == _DS else name)
         while True:
             outcome = await self._ask(delegation, name, qtype, budget)
             if isinstance(outcome, Answer):
@@ -158,7 +171,8 @@ class Iterator:
                 try:
                     msg = await upstream.query(target, self.port, name, qtype, rd=False,
                                                infra=self.infra, mode="iterate",
-                                               wait=self.timeout, edns_size=self.edns_size)
+                                               wait=self.timeout, edns_size=self.edns_size,
+                                               do=self.dnssec)
                 except upstream.UpstreamError:
                     continue
                 outcome = self._classify(msg, delegation, name, qtype)
@@ -200,8 +214,12 @@ class Iterator:
         answer = [rr for rr in msg.answer if inside(rr)]
         soa = tuple(rr for rr in msg.authority if rr.rtype == SOA and inside(rr)
                     and is_subdomain(name, rr.owner))[:1]
+        proofs = validator.proofs(msg.authority, inside) if self.dnssec else ()
         if msg.rcode == NXDOMAIN:
             chain, following = follow(answer, name, qtype) if msg.aa else ([], None)
+            if self.dnssec:
+                chain = validator.with_signatures(chain, answer)
+            soa = (*soa, *proofs)
             result = Answer(NXDOMAIN, tuple(chain), soa)
             if chain:
                 self._cache_chain(chain, qtype)
@@ -216,8 +234,10 @@ class Iterator:
         if msg.aa:
             chain, _ = follow(answer, name, qtype)
             if chain:
-                self._cache_chain(chain, qtype)
-                return Answer(NOERROR, tuple(chain), ())
+                if self.dnssec:
+                    chain = validator.with_signatures(chain, answer)
+                self._cache_chain(chain, qtype, proofs)
+                return Answer(NOERROR, tuple(chain), proofs)
         ns = [rr for rr in msg.authority if rr.rtype == NS and rr.rclass == CLASS_IN]
         if ns and not soa and not answer:
             child = ns[0].owner
@@ -236,23 +256,30 @@ class Iterator:
             self._remember(referral)
             return referral
         if msg.aa or soa:
-            result = Answer(NOERROR, (), soa)  # NODATA (RFC 2308 2.2)
+            result = Answer(NOERROR, (), (*soa, *proofs))  # NODATA (RFC 2308 2.2)
             self.cache.put(name, qtype, result)
             return result
         return None
 
-    def _cache_chain(self, chain: list[RR], qtype: int) -> None:
+    def _cache_chain(self, chain: list[RR], qtype: int, proofs: tuple[RR, ...] = ()) -> None:
         """Cache each RRset of an authoritative chain under its own (owner, type)."""
         groups: dict[tuple[bytes, int], list[RR]] = {}
         pending_dname: list[RR] = []
         for rr in chain:
+            if rr.rtype == _RRSIG:
+                covered = (key(rr.owner), int.from_bytes(rr.rdata[:2], "big"))
+                if covered in groups:
+                    groups[covered].append(rr)  # a signature travels with the RRset it covers
+                else:
+                    pending_dname.append(rr)  # over the DNAME, which is cached with the next group
+                continue
             if rr.rtype == DNAME:
                 pending_dname.append(rr)  # cached with the CNAME synthesized from it
                 continue
             groups.setdefault((key(rr.owner), rr.rtype), []).extend([*pending_dname, rr])
             pending_dname = []
         for (owner, rtype), records in groups.items():
-            self.cache.put(owner, rtype, Answer(NOERROR, tuple(records), ()))
+            self.cache.put(owner, rtype, Answer(NOERROR, tuple(records), proofs))
 
 
 def _address(rr: RR) -> str:

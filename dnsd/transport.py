@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dnsd.config import Endpoint
@@ -24,7 +24,9 @@ from dnsd.metrics import LIMIT_HITS
 
 logger = logging.getLogger(__name__)
 
-Responder = Callable[[bytes, str, bool], bytes | Awaitable[bytes | None] | None]
+#: An AsyncIterator reply is a multi-message answer (a zone transfer): TCP writes its messages one by
+#: one, yielding to the loop between them and waiting while the client leaves them unread.
+Responder = Callable[[bytes, str, bool], bytes | Awaitable[bytes | None] | AsyncIterator[bytes] | None]
 
 #: Receive buffer asked for on UDP sockets; the kernel caps it at net.core.rmem_max unless we are root.
 UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
@@ -85,7 +87,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         reply = self.respond(data, addr[0], False)
-        if reply is None:
+        if reply is None or isinstance(reply, AsyncIterator):  # never a stream over UDP
             return
         if isinstance(reply, bytes):
             if self.transport is not None:
@@ -131,6 +133,7 @@ class TcpProtocol(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = False
         self.write_paused = False
+        self.writable: asyncio.Event | None = None  # created for the first streamed answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's class is no subclass
@@ -200,11 +203,15 @@ class TcpProtocol(asyncio.Protocol):
         # The client is not reading its answers: stop reading its queries, so that answers cannot
         # pile up in our send buffer without bound.
         self.write_paused = True
+        if self.writable is not None:
+            self.writable.clear()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.writable is not None:
+            self.writable.set()
         self._maybe_resume()
 
     def _maybe_resume(self) -> None:
@@ -222,6 +229,11 @@ class TcpProtocol(asyncio.Protocol):
         self.pending += 1
         if self.pending >= MAX_TCP_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
+        if isinstance(reply, AsyncIterator):
+            task = asyncio.ensure_future(self._write_stream(reply))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
         task = asyncio.ensure_future(self._write_later(reply))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -232,6 +244,24 @@ class TcpProtocol(asyncio.Protocol):
             if reply is not None:
                 self._write(reply)
         finally:
+            self.pending -= 1
+            self._maybe_resume()
+
+    async def _write_stream(self, messages: AsyncIterator[bytes]) -> None:
+        """Write a multi-message answer; the idle timer is held off while it runs."""
+        if self.writable is None:
+            self.writable = asyncio.Event()
+            if not self.write_paused:
+                self.writable.set()
+        try:
+            async for message in messages:
+                if self.transport is None or self.transport.is_closing():
+                    break
+                self._write(message)
+                await self.writable.wait()
+                await asyncio.sleep(0)  # let other clients' answers go out between messages
+        finally:
+            await messages.aclose()  # type: ignore[attr-defined]  # an async generator
             self.pending -= 1
             self._maybe_resume()
 

@@ -121,7 +121,7 @@ class JournalEntry:
     added: tuple[XfrRR, ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: two readers of one zone at one serial are two readers
 class Snapshot:
     """A zone as it was at `serial`, read name by name while the index moves on (see the module doc)."""
 
@@ -144,8 +144,11 @@ class Snapshot:
 
     def close(self) -> None:
         """Stop saving old records for this reader."""
-        if self in self.zone._readers:
-            self.zone._readers.remove(self)
+        readers = self.zone._readers
+        for i, reader in enumerate(readers):
+            if reader is self:
+                del readers[i]
+                break
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,7 @@ class ZoneIndex:
         self._version: int | None = None  # the source's newest version of the data (resourceVersion, mtime)
         self._version_used: int | None = None  # the version the current serial was taken from
         self._batch = 0  # >0 while a stepped relist runs: the serial moves at its end
+        self._based = False  # the first synced serial is set: from now on the journal records
         self._dirty = False  # data changed since the serial last moved
         # The journal costs a diff per change: kept only when someone may transfer.
         self.journal_limit = config.ixfr_journal if config.transfer_allow else 0
@@ -569,15 +573,16 @@ class ZoneIndex:
             self._dirty = True
         if not self._batch:
             version = None if self._version is None else self._version & 0xFFFFFFFF
-            if not self.synced or self._version_used is None:
-                # Before the first full sync the serial is the version itself, so that replicas whose
-                # informers finished their lists in a different order agree.
+            if not self._based:
+                # Until the first full sync (and at it) the serial is the version itself, so that
+                # replicas whose informers finished their lists in a different order agree.
                 if version is not None and version != self.serial:
                     self._move_serial(version, journal=False)
                 elif self._dirty and version is None:
                     self._move_serial((self.serial + 1) & 0xFFFFFFFF, journal=False)
                 self._dirty = False
-                self._version_used = self._version if self.synced else None
+                self._version_used = self._version
+                self._based = self.synced
             elif self._dirty or self._version != self._version_used:
                 if version is not None and serial_gt(version, self.serial):
                     self._move_serial(version)

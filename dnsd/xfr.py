@@ -174,11 +174,12 @@ class Transfers:
                 self._count(kind, "badtime")
                 self._log(request, kind, "badtime", detail=f"key={signed.key_name} time={signed.time_signed}")
                 return self._sign(request, self._plain(request, NOTAUTH))
+        if query.opcode == OPCODE_NOTIFY and query.has_question:
+            # dnsd is nobody's secondary: a NOTIFY to it is refused (the parser's NOTIMP is for
+            # opcodes dnsd knows nothing of; this one it knows).
+            return self._sign(request, self._plain(request, wire.REFUSED))
         if query.error is not None:
             return self._error(request, query.error, kind, "formerr")
-        if query.opcode == OPCODE_NOTIFY:
-            # dnsd is nobody's secondary: a NOTIFY to it is refused (counted with the queries it is).
-            return self._sign(request, self._plain(request, wire.REFUSED))
         if query.qtype not in (wire.AXFR, wire.IXFR):
             return self._signed_answer(request)
         return self._transfer(request, kind)
@@ -223,7 +224,7 @@ class Transfers:
         if not request.tcp:  # RFC 1995 4: over UDP, the current SOA tells the client to come over TCP
             self._count(kind, "current")
             self._log(request, kind, "current", detail=f"serial={zone.serial}")
-            return self._sign(request, self._message(request, [self._soa(apex, zone.serial)]))
+            return self._message(request, [self._soa(apex, zone.serial)])  # signed by _finish
         return self._stream(request, kind, apex)
 
     async def _stream(self, request: _Request, kind: str, apex: ZoneApex) -> AsyncIterator[bytes]:

@@ -213,3 +213,34 @@ zone "{self.zone}" {{
     allow-notify {{ 127.0.0.1; }};
 }};
 """
+
+
+def manifests(services: dict[str, str]) -> str:
+    """A manifests file with one ClusterIP Service per (name, IPv6 address)."""
+    items = []
+    for name, address in services.items():
+        items.append(f"""- apiVersion: v1
+  kind: Service
+  metadata:
+    name: {name}
+    namespace: default
+  spec:
+    type: ClusterIP
+    clusterIP: "{address}"
+    clusterIPs: ["{address}"]
+    ports:
+    - name: http
+      port: 80
+      protocol: TCP
+""")
+    return "apiVersion: v1\nkind: List\nitems:\n" + "".join(items)
+
+
+def write_manifests(path: Path, services: dict[str, str]) -> None:
+    """Replace the file atomically and move its mtime on by at least a second (a new file version)."""
+    previous = path.stat().st_mtime if path.exists() else 0.0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(manifests(services))
+    stamp = max(time.time(), previous + 1.0)
+    os.utime(tmp, (stamp, stamp))
+    os.replace(tmp, path)

@@ -11,7 +11,6 @@ secondary's serial; and the same with `--workers 2`.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 from tests.dnsd_process import DnsdProcess
 from tests.fakekube import FakeKube, service
 from tests.hierarchy import MissingTool, require
-from tests.secondaries import Secondary, key_file
+from tests.secondaries import Secondary, key_file, write_manifests
 from tests.started_dnsd import free_port
 
 ZONE = "xfr.test"
@@ -39,37 +38,6 @@ def _tools() -> None:
             require(tool)
     except MissingTool as exc:
         pytest.fail(str(exc))
-
-
-def manifests(services: dict[str, str]) -> str:
-    """A manifests file with one ClusterIP Service per (name, IPv6 address)."""
-    items = []
-    for name, address in services.items():
-        items.append(f"""- apiVersion: v1
-  kind: Service
-  metadata:
-    name: {name}
-    namespace: default
-  spec:
-    type: ClusterIP
-    clusterIP: "{address}"
-    clusterIPs: ["{address}"]
-    ports:
-    - name: http
-      port: 80
-      protocol: TCP
-""")
-    return "apiVersion: v1\nkind: List\nitems:\n" + "".join(items)
-
-
-def write_manifests(path: Path, services: dict[str, str]) -> None:
-    """Replace the file atomically and move its mtime on by at least a second (a new file version)."""
-    previous = path.stat().st_mtime if path.exists() else 0.0
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(manifests(services))
-    stamp = max(time.time(), previous + 1.0)
-    os.utime(tmp, (stamp, stamp))
-    os.replace(tmp, path)
 
 
 def transfer_lines(proc: DnsdProcess, key: str, start: int = 0) -> list[str]:

@@ -1,0 +1,256 @@
+"""Zone transfers from the real dnsd process, checked with dnspython (an independent implementation).
+
+Refusals with the right rcode (REFUSED for an unsigned request where a key is required and for an
+address outside `--transfer-allow`, NOTAUTH with BADKEY/BADSIG/BADTIME for a bad signature, NOTAUTH
+for a name that is no zone apex), IXFR over UDP (our SOA alone), IXFR at the current serial, a
+multi-message AXFR of a larger zone (every message below 16 KiB and TSIG-verified by dnspython, with
+several queries on one TCP connection), every served zone (forward and reverse), the metrics, and the
+serial: equal in two processes on the same data (manifests file and fake Kubernetes API) and not
+lower after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.tsig
+import dns.tsigkeyring
+import dns.zone
+import pytest
+
+from tests.dnsd_process import DnsdProcess
+from tests.fakekube import FakeKube, service
+from tests.secondaries import key_file, manifests, write_manifests
+
+ZONE = "xfr.test"
+REVERSE = "2.4.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return key_file(tmp_path_factory.mktemp("keys"), "xfr-key")
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, str]) -> Iterator[DnsdProcess]:
+    """3,000 Services; transfers for 127.0.0.1 with the key, and for 127.0.0.2 (only) without one."""
+    path = tmp_path_factory.mktemp("big") / "cluster.yaml"
+    path.write_text(manifests({f"svc{i}": f"2001:db8:42::{i:x}" for i in range(3000)}))
+    with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{path}",
+                     "--reverse-zone", "2001:db8:42::/48", "--tsig-key-file", str(keys[0]),
+                     "--transfer-allow", "127.0.0.1/32=xfr-key", "--transfer-allow", "127.0.0.2/32",
+                     http="127.0.0.1:0") as proc:
+        yield proc
+
+
+def ring(secret: str, name: str = "xfr-key") -> dict[dns.name.Name, dns.tsig.Key]:
+    return dns.tsigkeyring.from_text({name: ("hmac-sha256", secret)})  # type: ignore[no-any-return]
+
+
+def signed(qname: str, rdtype: str, secret: str, name: str = "xfr-key") -> dns.message.QueryMessage:
+    query = dns.message.make_query(qname, rdtype)
+    query.use_tsig(ring(secret, name), name)
+    return query
+
+
+def test_refusals_carry_the_right_rcode(big: DnsdProcess, keys: tuple[Path, str]) -> None:
+    secret = keys[1]
+    # unsigned, from an address whose entry needs the key
+    reply = dns.query.tcp(dns.message.make_query(ZONE, "AXFR"), "127.0.0.1", port=big.port, timeout=5)
+    assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
+    # signed with the right key, from an address no entry allows
+    reply = dns.query.tcp(signed(ZONE, "AXFR", secret), big.host, port=big.port, timeout=5, source="127.0.0.3")
+    assert reply.rcode() == dns.rcode.REFUSED and reply.had_tsig  # the refusal is signed
+    # unknown key, wrong secret: NOTAUTH with the TSIG error, which dnspython raises as such
+    with pytest.raises(dns.tsig.PeerBadKey):
+        dns.query.tcp(signed(ZONE, "AXFR", secret, "nobody"), big.host, port=big.port, timeout=5)
+    with pytest.raises(dns.tsig.PeerBadSignature):
+        dns.query.tcp(signed(ZONE, "AXFR", "A" * 43 + "="), big.host, port=big.port, timeout=5)
+    # a clock 20 minutes off: BADTIME, in a response signed with the key
+    query = signed(ZONE, "AXFR", secret)
+    with mock.patch("dns.renderer.time.time", return_value=time.time() - 1200):
+        wire = query.to_wire()
+    with socket.create_connection((big.host, big.port), timeout=5) as sock:
+        dns.query.send_tcp(sock, wire)
+        with pytest.raises(dns.tsig.PeerBadTime):
+            dns.query.receive_tcp(sock, time.time() + 5, keyring=ring(secret), request_mac=query.mac)
+    # a name that is no apex of a served zone
+    reply = dns.query.tcp(signed(f"svc1.default.svc.{ZONE}", "AXFR", secret), big.host, port=big.port, timeout=5)
+    assert reply.rcode() == dns.rcode.NOTAUTH
+    reply = dns.query.tcp(signed("example.com", "AXFR", secret), big.host, port=big.port, timeout=5)
+    assert reply.rcode() == dns.rcode.NOTAUTH
+    # an address allowed without a key
+    zone = dns.zone.Zone(REVERSE)
+    dns.query.inbound_xfr(big.host, zone, dns.message.make_query(REVERSE, "AXFR"), port=big.port,
+                          timeout=10, source="127.0.0.2")
+    assert len([n for n in zone.nodes if zone[n].get_rdataset(dns.rdataclass.IN, dns.rdatatype.PTR)]) == 3000
+    results = {(s[0]["kind"], s[0]["result"]): s[1] for s in big.metric_samples("dnsd_transfers_total")}
+    for key in (("axfr", "refused"), ("axfr", "badkey"), ("axfr", "badsig"), ("axfr", "badtime"),
+                ("axfr", "notauth"), ("axfr", "full")):
+        assert results.get(key, 0) >= 1, (key, results)
+
+
+def ixfr(serial: int) -> dns.message.QueryMessage:
+    """An IXFR query carrying a client at `serial` (RFC 1995 3)."""
+    query = dns.message.make_query(ZONE, "IXFR")
+    query.authority.append(dns.rrset.from_text(f"{ZONE}.", 0, "IN", "SOA", f"ns1.{ZONE}. h.{ZONE}. {serial} 1 1 1 1"))
+    return query
+
+
+def test_udp_ixfr_gets_the_current_soa_alone(big: DnsdProcess, keys: tuple[Path, str]) -> None:
+    current = dns.query.udp(dns.message.make_query(ZONE, "SOA"), big.host, port=big.port, timeout=3)
+    serial = current.answer[0][0].serial
+    for client_serial in (1, serial - 1, serial, serial + 5):
+        query = ixfr(client_serial)
+        query.use_tsig(ring(keys[1]), "xfr-key")
+        reply = dns.query.udp(query, big.host, port=big.port, timeout=3)
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA and reply.had_tsig
+        assert [(r.rdtype, r[0].serial) for r in reply.answer] == [(dns.rdatatype.SOA, serial)]
+        assert len(reply.answer[0]) == 1
+    # and over TCP, a client already at our serial gets that SOA alone too
+    query = ixfr(serial)
+    query.use_tsig(ring(keys[1]), "xfr-key")
+    reply = dns.query.tcp(query, big.host, port=big.port, timeout=5)
+    assert [(r.rdtype, r[0].serial) for r in reply.answer] == [(dns.rdatatype.SOA, serial)]
+
+
+def _read_message(sock: socket.socket) -> bytes:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    return exactly(struct.unpack("!H", exactly(2))[0])
+
+
+def test_a_large_signed_axfr_comes_in_verified_messages_below_16k_on_a_shared_connection(
+        big: DnsdProcess, keys: tuple[Path, str]) -> None:
+    secret = keys[1]
+    soa = dns.message.make_query(ZONE, "SOA", id=1111)
+    axfr = dns.message.make_query(ZONE, "AXFR", id=2222)
+    for query in (soa, axfr):
+        query.use_tsig(ring(secret), "xfr-key")
+    with socket.create_connection((big.host, big.port), timeout=10) as sock:
+        sock.sendall(b"".join(struct.pack("!H", len(w)) + w for w in (soa.to_wire(), axfr.to_wire(), soa.to_wire())))
+        # The two SOA answers may come between the transfer's messages (RFC 5936 4.1.2 allows it).
+        soa_answers: list[dns.message.Message] = []
+        context = None
+        records = soas = 0
+        sizes: list[int] = []
+        serial = None
+        while soas < 2 or len(soa_answers) < 2:
+            message = _read_message(sock)
+            if struct.unpack_from("!H", message)[0] == 1111:
+                soa_answers.append(dns.message.from_wire(message, keyring=ring(secret), request_mac=soa.mac))
+                continue
+            sizes.append(len(message))
+            # dnspython carries the previous MAC in tsig_ctx (RFC 8945 5.3.1) and checks every message
+            parsed = dns.message.from_wire(message, keyring=ring(secret), request_mac=axfr.mac, xfr=True,
+                                           origin=dns.name.from_text(ZONE), tsig_ctx=context, multi=True)
+            context = parsed.tsig_ctx
+            assert parsed.id == 2222 and parsed.flags & dns.flags.AA and parsed.had_tsig
+            for rrset in parsed.answer:
+                records += len(rrset)
+                if rrset.rdtype == dns.rdatatype.SOA:
+                    soas += 1
+                    serial = rrset[0].serial if serial is None else serial
+                    assert rrset[0].serial == serial
+    assert [a.answer[0][0].serial for a in soa_answers] == [serial, serial]
+    assert len(sizes) > 4 and max(sizes) < 16384 and min(sizes[:-1]) > 12000, sizes
+    # 3,000 Services: AAAA + SRV each, apex NS, glue-less ns1 (out of the zone here), dns-version TXT, 2 SOA
+    assert records == 3000 * 2 + 1 + 1 + 2
+
+
+def test_notify_to_dnsd_is_refused(big: DnsdProcess) -> None:
+    notify = dns.message.make_query(ZONE, "SOA")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    reply = dns.query.udp(notify, big.host, port=big.port, timeout=3)
+    assert reply.opcode() == dns.opcode.NOTIFY and reply.rcode() == dns.rcode.REFUSED
+
+
+def _serial(proc: DnsdProcess) -> int:
+    reply = dns.query.udp(dns.message.make_query(ZONE, "SOA"), proc.host, port=proc.port, timeout=3)
+    return int(reply.answer[0][0].serial)
+
+
+def test_two_processes_on_one_file_have_one_serial_and_a_restart_keeps_it(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    write_manifests(path, {"a": "2001:db8:42::a", "b": "2001:db8:42::b"})
+    args = ("--zone", ZONE, "--recursion", "off", "--source", f"file:{path}")
+    with DnsdProcess(*args) as one, DnsdProcess(*args) as two:
+        first = _serial(one)
+        assert first == _serial(two) == int(path.stat().st_mtime)
+        write_manifests(path, {"a": "2001:db8:42::a", "b": "2001:db8:42::bb"})
+        deadline = time.monotonic() + 10
+        while not (_serial(one) == _serial(two) != first):
+            assert time.monotonic() < deadline, (_serial(one), _serial(two))
+            time.sleep(0.05)
+        second = _serial(one)
+        one.stop()
+        with DnsdProcess(*args) as again:
+            assert _serial(again) == second
+
+
+def test_two_processes_on_one_cluster_have_one_serial_and_a_restart_is_not_lower(tmp_path: Path) -> None:
+    async def run() -> None:
+        fake = FakeKube()
+        await fake.start()
+        try:
+            for i in range(30):
+                fake.put(service("default", f"s{i}", [f"2001:db8:42::{i:x}"]))
+            kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+            args = ("--zone", ZONE, "--recursion", "off", "--source", "kubernetes", "--kubeconfig", str(kubeconfig))
+
+            async def agreed(procs: list[DnsdProcess], want: int) -> None:
+                async with asyncio.timeout(15):
+                    while True:
+                        try:
+                            got = [await asyncio.to_thread(_serial, p) for p in procs]
+                        except (dns.exception.Timeout, IndexError):
+                            got = []
+                        if got == [want] * len(procs):
+                            return
+                        await asyncio.sleep(0.05)
+
+            one, two = DnsdProcess(*args), DnsdProcess(*args)
+            await asyncio.to_thread(one.start)
+            # a change between the two starts: one watches it, two lists it
+            fake.put(service("default", "late", ["2001:db8:42::1a7e"]))
+            await asyncio.to_thread(two.start)
+            try:
+                await agreed([one, two], fake.rv)
+                fake.put(service("default", "s3", ["2001:db8:42::3333"]))
+                fake.put(service("default", "s4", ["2001:db8:42::4"], annotations={"team": "x"}))  # no DNS change
+                await agreed([one, two], fake.rv)
+                before = fake.rv
+                await asyncio.to_thread(two.stop)
+                two = DnsdProcess(*args)
+                await asyncio.to_thread(two.start)
+                await agreed([one, two], before)
+            finally:
+                await asyncio.to_thread(one.stop)
+                await asyncio.to_thread(two.stop)
+        finally:
+            await fake.stop()
+
+    asyncio.run(run())

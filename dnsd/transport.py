@@ -258,7 +258,12 @@ class TcpProtocol(asyncio.Protocol):
                 if self.transport is None or self.transport.is_closing():
                     break
                 self._write(message)
-                await self.writable.wait()
+                if not self.writable.is_set():
+                    try:  # a client that stops reading a transfer is closed like an idle one
+                        await asyncio.wait_for(self.writable.wait(), self.state.idle_timeout)
+                    except TimeoutError:
+                        self.transport.abort()
+                        break
                 await asyncio.sleep(0)  # let other clients' answers go out between messages
         finally:
             await messages.aclose()  # type: ignore[attr-defined]  # an async generator

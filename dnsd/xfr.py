@@ -349,7 +349,7 @@ class Transfers:
 
     def _plain(self, request: _Request, rcode: int) -> bytes:
         query = request.query
-        reply = wire.encode_error(query, rcode & 0xF, False, self.edns_size)
+        reply = wire.encode_error(query, rcode, False, self.edns_size)
         if query.opcode == OPCODE_NOTIFY:
             reply = reply[:2] + bytes((reply[2] | wire.AA >> 8,)) + reply[3:]
         return reply
@@ -408,6 +408,7 @@ class Notifier:
         self._events: dict[tuple[int, str], asyncio.Event] = {}
         self._protocols: dict[int, _NotifyProtocol] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._last: int | None = None  # the serial the secondaries were last told of
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -422,10 +423,13 @@ class Notifier:
                 self._events[(index, apex.name)] = event
                 self._tasks.append(asyncio.create_task(self._run(index, target, apex, event),
                                                        name=f"notify-{target.endpoint}-{apex.name}"))
+        self._last = self.zone.serial if self.zone.synced else None
         self.zone.subscribe_serial(self._on_serial)
+        self.zone.subscribe(lambda changed: self._on_serial(self.zone.serial))  # the first sync
 
     def _on_serial(self, serial: int) -> None:
-        if self.zone.synced:
+        if self.zone.synced and serial != self._last:
+            self._last = serial
             for event in self._events.values():
                 event.set()
 
@@ -450,7 +454,8 @@ class Notifier:
                 result = await self._send(index, target, apex, serial, key, timeout)
                 metrics.NOTIFIES.labels(result).inc()
                 if result != "timeout":
-                    level = logging.INFO if result == "acknowledged" else logging.WARNING
+                    # refused: a secondary that takes only some of the zones says so for the others
+                    level = logging.WARNING if result in ("badsig", "error") else logging.INFO
                     logger.log(level, "notify %s zone=%s serial=%d result=%s", target.endpoint, apex.name,
                                serial, result)
                     break

@@ -132,10 +132,18 @@ class Snapshot:
     overlay: dict[str, dict[int, RRset]] = field(default_factory=dict)
 
     def records(self) -> Iterator[XfrRR]:
-        """Every record of the zone at `serial` except the SOA, apex first."""
+        """Every record of the zone at `serial` except the SOA, apex first.
+
+        `names` holds every name of the index; the ones of other zones are skipped here, lazily, so
+        that opening a snapshot of a large zone costs one list copy and no per-name work.
+        """
         zone = self.zone
         overlay = self.overlay
+        apex = self.apex
+        find = zone.find_apex
         for name in self.names:
+            if name != apex.name and find(name) is not apex:
+                continue
             saved = overlay.get(name)
             types = saved if saved is not None else zone.rrsets_at(name)
             for rtype, (ttl, rdatas) in sorted(types.items()):
@@ -304,10 +312,8 @@ class ZoneIndex:
 
     def open_snapshot(self, apex: ZoneApex) -> Snapshot:
         """A reader of one zone at the current serial (call only when `settled`); close it when done."""
-        names = [n for n in self._names if self.find_apex(n) is apex]
-        if apex.name in self._names:
-            names.remove(apex.name)
-            names.insert(0, apex.name)
+        names = [apex.name] if apex.name in self._names else []
+        names.extend(n for n in self._names if n != apex.name)
         snapshot = Snapshot(self, apex, self.serial, names)
         self._readers.append(snapshot)
         return snapshot

@@ -445,15 +445,19 @@ class Notifier:
 
     async def _run(self, index: int, target: NotifyTarget, apex: ZoneApex, event: asyncio.Event) -> None:
         key = self.keys.get(target.key) if target.key is not None else None
+        told: int | None = None  # the serial this secondary last answered a NOTIFY for
         while True:
             await event.wait()
             event.clear()
+            if self.zone.serial == told:
+                continue  # changes during the retries: the answered NOTIFY already carried them
             timeout = NOTIFY_TIMEOUT
             while True:
                 serial = self.zone.serial  # the newest: changes meanwhile coalesce into this NOTIFY
                 result = await self._send(index, target, apex, serial, key, timeout)
                 metrics.NOTIFIES.labels(result).inc()
                 if result != "timeout":
+                    told = serial
                     # refused: a secondary that takes only some of the zones says so for the others
                     level = logging.WARNING if result in ("badsig", "error") else logging.INFO
                     logger.log(level, "notify %s zone=%s serial=%d result=%s", target.endpoint, apex.name,

@@ -254,3 +254,119 @@ def test_two_processes_on_one_cluster_have_one_serial_and_a_restart_is_not_lower
             await fake.stop()
 
     asyncio.run(run())
+
+
+def _axfr_records(messages: list[bytes]) -> set[str]:
+    records: set[str] = set()
+    for raw in messages:
+        for rrset in dns.message.from_wire(raw, xfr=True, origin=dns.name.from_text(ZONE)).answer:
+            records.update(rrset.to_text().splitlines())
+    return records
+
+
+def _axfr_messages(sock: socket.socket) -> list[bytes]:
+    """The messages of one AXFR on `sock`, up to the closing SOA."""
+    messages: list[bytes] = []
+    soas = 0
+    while soas < 2:
+        messages.append(_read_message(sock))
+        soas += sum(1 for rrset in dns.message.from_wire(messages[-1], xfr=True).answer
+                    if rrset.rdtype == dns.rdatatype.SOA)
+    return messages
+
+
+def test_a_paused_transfer_sends_the_zone_of_its_serial_and_never_stalls_answers(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    services = {f"svc{i}": f"2001:db8:42::{i:x}" for i in range(3000)}
+    write_manifests(path, services)
+    with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{path}",
+                     "--transfer-allow", "127.0.0.0/8", http="127.0.0.1:0") as proc:
+        reference = socket.create_connection((proc.host, proc.port), timeout=10)
+        with reference:
+            query = dns.message.make_query(ZONE, "AXFR").to_wire()
+            reference.sendall(struct.pack("!H", len(query)) + query)
+            before = _axfr_records(_axfr_messages(reference))
+        old_serial = _serial(proc)
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once: dnsd must wait for us
+        slow.settimeout(10)
+        slow.connect((proc.host, proc.port))
+        with slow:
+            slow.sendall(struct.pack("!H", len(query)) + query)
+            first = [_read_message(slow)]
+            # while the transfer waits for its client: answers go on, and the zone changes under it
+            for i in range(100):
+                services[f"svc{i}"] = f"2001:db8:42::f:{i:x}"
+            for i in range(100, 200):
+                del services[f"svc{i}"]
+            write_manifests(path, services)
+            deadline = time.monotonic() + 10
+            while _serial(proc) == old_serial:
+                assert time.monotonic() < deadline, proc.output()
+                time.sleep(0.05)
+            reply = dns.query.udp(dns.message.make_query(f"svc5.default.svc.{ZONE}", "AAAA"), proc.host,
+                                  port=proc.port, timeout=2)
+            assert reply.answer[0][0].to_text() == "2001:db8:42::f:5"
+            during = _axfr_records(first + _axfr_messages_after(slow, first))
+        assert during == before  # exactly the zone at the transfer's serial
+        with socket.create_connection((proc.host, proc.port), timeout=10) as fresh:
+            fresh.sendall(struct.pack("!H", len(query)) + query)
+            after = _axfr_records(_axfr_messages(fresh))
+        assert "svc5.default.svc 30 IN AAAA 2001:db8:42::f:5" in after  # relative to the zone's origin
+        assert not any(r.startswith("svc150.default.svc ") for r in after)
+        assert len(before) - len(after) == 100 * 2  # AAAA and SRV of each deleted Service
+        serials = proc.metric_samples("dnsd_ixfr_journal_serials")
+        assert serials and serials[0][1] >= 1
+
+
+def _axfr_messages_after(sock: socket.socket, first: list[bytes]) -> list[bytes]:
+    soas = sum(1 for raw in first for rrset in dns.message.from_wire(raw, xfr=True).answer
+               if rrset.rdtype == dns.rdatatype.SOA)
+    messages: list[bytes] = []
+    while soas < 2:
+        messages.append(_read_message(sock))
+        soas += sum(1 for rrset in dns.message.from_wire(messages[-1], xfr=True).answer
+                    if rrset.rdtype == dns.rdatatype.SOA)
+    return messages
+
+
+def test_notify_is_retried_until_answered_and_coalesces_changes(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    services = {"a": "2001:db8:42::a"}
+    write_manifests(path, services)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as secondary:
+        secondary.bind(("127.0.0.1", 0))
+        secondary.settimeout(15)
+
+        def receive() -> tuple[dns.message.Message, tuple[str, int], float]:
+            data, peer = secondary.recvfrom(4096)
+            return dns.message.from_wire(data), peer, time.monotonic()
+
+        with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{path}",
+                         "--notify", f"127.0.0.1:{secondary.getsockname()[1]}", http="127.0.0.1:0") as proc:
+            first, _, at = receive()
+            assert first.opcode() == dns.opcode.NOTIFY and first.flags & dns.flags.AA
+            assert first.question[0].rdtype == dns.rdatatype.SOA and first.question[0].name.to_text() == f"{ZONE}."
+            assert first.answer[0][0].serial == _serial(proc)  # our SOA in the answer section (NSD needs it)
+            retry, _, again = receive()  # not answered: sent again after a second
+            assert retry.answer[0][0].serial == first.answer[0][0].serial and again - at >= 0.8
+            for n in range(3):  # changes faster than the secondary answers
+                services[f"n{n}"] = f"2001:db8:42::{n + 1:x}"
+                write_manifests(path, services)
+                time.sleep(0.3)
+            newest = _serial(proc)
+            deadline = time.monotonic() + 20
+            while True:  # the next NOTIFY carries the newest serial; answer it
+                message, peer, _ = receive()
+                if message.answer[0][0].serial == newest:
+                    break
+                assert time.monotonic() < deadline
+            answer = dns.message.make_response(message)
+            answer.flags |= dns.flags.AA
+            secondary.sendto(answer.to_wire(), peer)
+            secondary.settimeout(3)
+            with pytest.raises(TimeoutError):  # acknowledged: no more NOTIFY for this serial
+                receive()
+            samples = {s[0]["result"]: s[1] for s in proc.metric_samples("dnsd_notifies_total")}
+            assert samples["acknowledged"] == 1 and samples["timeout"] >= 2, samples
+        assert proc.wait_for_log(f"notify 127.0.0.1:\\d+ zone={ZONE} serial={newest} result=acknowledged")

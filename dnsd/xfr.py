@@ -49,8 +49,7 @@ from dataclasses import dataclass
 
 from dnsd import authority, metrics, tsig, wire
 from dnsd.config import Config, NotifyTarget, TransferAllow
-from dnsd.wire import _Writer
-from dnsd.zone import SOA, JournalEntry, Snapshot, XfrRR, ZoneApex, ZoneIndex, serial_gt
+from dnsd.zone import CNAME, NS, PTR, SOA, SRV, JournalEntry, Snapshot, XfrRR, ZoneApex, ZoneIndex, serial_gt
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +64,85 @@ SETTLE_TIMEOUT = 30.0
 #: NOTIFY retry: first wait for an answer, and the cap of its doubling.
 NOTIFY_TIMEOUT = 1.0
 NOTIFY_TIMEOUT_MAX = 60.0
+
+
+_RR_HEAD = struct.Struct("!HHIH")
+_SOA_TAIL = struct.Struct("!IIIII")
+_SRV_HEAD = struct.Struct("!HHH")
+
+
+class _Packer:
+    """One transfer message being written, with name compression (RFC 1035 4.1.4).
+
+    The same wire form as `wire._Writer` (owner names, CNAME/PTR/NS targets and SOA names compressed,
+    SRV targets never, pointers only below 0x4000), written for the transfer's volume: a suffix is a
+    slice of the name, not a join of its labels, and it is remembered in the same pass that writes it,
+    which makes a 100,000-Service AXFR about twice as fast. Names are the plain dotted text dnsd makes.
+    """
+
+    __slots__ = ("buf", "names")
+
+    def __init__(self, prefix: bytes, qname: str) -> None:
+        self.buf = bytearray(prefix)
+        self.names: dict[str, int] = {}
+        if qname and "\\" not in qname:
+            offset = 12
+            pos = 0
+            while offset < 0x4000:
+                self.names.setdefault(qname[pos:], offset)
+                dot = qname.find(".", pos)
+                if dot < 0:
+                    break
+                offset += dot - pos + 1
+                pos = dot + 1
+
+    def name(self, name: str, compress: bool = True) -> None:
+        buf = self.buf
+        if not name:
+            buf.append(0)
+            return
+        names = self.names
+        raw = name.encode()
+        pos = 0
+        while True:
+            suffix = name[pos:] if pos else name
+            if compress:
+                pointer = names.get(suffix)
+                if pointer is not None:
+                    buf += (0xC000 | pointer).to_bytes(2, "big")
+                    return
+            start = len(buf)
+            if start < 0x4000:
+                names.setdefault(suffix, start)
+            dot = name.find(".", pos)
+            end = len(name) if dot < 0 else dot
+            buf.append(end - pos)
+            buf += raw[pos:end]
+            if dot < 0:
+                buf.append(0)
+                return
+            pos = dot + 1
+
+    def rr(self, record: XfrRR) -> None:
+        owner, rtype, ttl, rdata = record
+        self.name(owner)
+        buf = self.buf
+        at = len(buf)
+        buf += _RR_HEAD.pack(rtype, wire.CLASS_IN, ttl, 0)
+        if isinstance(rdata, bytes):
+            buf += rdata
+        elif isinstance(rdata, str):
+            self.name(rdata, compress=rtype in (CNAME, PTR, NS))
+        elif rtype == SRV:
+            priority, weight, port, target = rdata  # type: ignore[misc]
+            buf += _SRV_HEAD.pack(priority, weight, port)
+            self.name(target, compress=False)
+        elif rtype == SOA:
+            mname, rname, serial, refresh, retry, expire, minimum = rdata  # type: ignore[misc]
+            self.name(mname)
+            self.name(rname)
+            buf += _SOA_TAIL.pack(serial, refresh, retry, expire, minimum)
+        struct.pack_into("!H", buf, at + 8, len(buf) - at - 10)
 
 
 def load_keys(config: Config) -> dict[str, tsig.Key]:
@@ -302,7 +380,7 @@ class Transfers:
         writer = self._writer(query)
         count = 0
         for record in records:
-            writer.rr(record)  # type: ignore[arg-type]
+            writer.rr(record)
             count += 1
             if len(writer.buf) >= MESSAGE_FILL:
                 yield self._finish(request, writer, count), count
@@ -312,11 +390,11 @@ class Transfers:
             yield self._finish(request, writer, count), count
 
     @staticmethod
-    def _writer(query: wire.Query) -> _Writer:
+    def _writer(query: wire.Query) -> _Packer:
         question = query.qname_wire + struct.pack("!HH", query.qtype, query.qclass)
-        return _Writer(b"\x00" * 12 + question, query.qname)
+        return _Packer(b"\x00" * 12 + question, query.qname)
 
-    def _finish(self, request: _Request, writer: _Writer, count: int) -> bytes:
+    def _finish(self, request: _Request, writer: _Packer, count: int) -> bytes:
         query = request.query
         flags = wire.QR | wire.AA | (query.flags & wire.RD)
         opt = wire.opt_record(self.edns_size, query.edns_do) if query.edns else b""
@@ -326,7 +404,7 @@ class Transfers:
     def _message(self, request: _Request, records: list[XfrRR]) -> bytes:
         writer = self._writer(request.query)
         for record in records:
-            writer.rr(record)  # type: ignore[arg-type]
+            writer.rr(record)
         return self._finish(request, writer, len(records))
 
     # ---- single answers -------------------------------------------------------------------------
@@ -497,7 +575,7 @@ class Notifier:
         return "acknowledged" if rcode == wire.NOERROR else "refused"
 
     def _notify_message(self, ident: int, apex: ZoneApex, serial: int) -> bytes:
-        writer = _Writer(b"\x00" * 12 + wire.text_to_wire(apex.name) + struct.pack("!HH", SOA, wire.CLASS_IN),
+        writer = _Packer(b"\x00" * 12 + wire.text_to_wire(apex.name) + struct.pack("!HH", SOA, wire.CLASS_IN),
                          apex.name)
         mname, rname, _, refresh, retry, expire, minimum = self.zone.soa_rdata()
         writer.rr((apex.name, SOA, self.zone.config.ttl, (mname, rname, serial, refresh, retry, expire, minimum)))

@@ -223,3 +223,22 @@ def test_our_notify_signature_verifies_in_dnspython() -> None:
     assert parsed.had_tsig and parsed.mac == mac and parsed.opcode() == 4
     assert parsed.question[0].rdtype == SOA
 
+
+
+def test_the_transfer_packer_writes_what_the_answer_encoder_writes() -> None:
+    """xfr._Packer is a faster wire._Writer: the same bytes for every kind of record dnsd makes."""
+    from dnsd import wire, xfr
+
+    zone = make_zone()
+    rng = random.Random(5936)
+    for n in range(200):
+        random_event(zone, rng, 10 + n)
+    zone.put_service(ServiceRecord("default", "ext", False, (), "api.example.com", (), False, True, None), 999)
+    records = [record for apex in zone.apexes for record in zone.open_snapshot(apex).records()]
+    soa = (ZONE, SOA, 30, zone.soa_rdata())
+    question = wire.text_to_wire(ZONE) + b"\x00\xfc\x00\x01"
+    packer, writer = xfr._Packer(b"\x00" * 12 + question, ZONE), wire._Writer(b"\x00" * 12 + question, ZONE)
+    for record in [soa, *records, soa]:
+        packer.rr(record)
+        writer.rr(record)  # type: ignore[arg-type]
+    assert len(records) > 40 and bytes(packer.buf) == bytes(writer.buf)

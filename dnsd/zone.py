@@ -611,8 +611,10 @@ class ZoneIndex:
         self.serial = serial
         self._dirty = False
         if journal and self.synced and old != serial and self.journal_limit:
-            deleted = tuple((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_del.items())
-            added = tuple((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_add.items())
+            # Sorted: the order of a diff must not depend on set iteration (hash seeds differ between
+            # processes), so that every --workers process sends the same bytes for the same IXFR.
+            deleted = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_del.items()), key=_rr_order))
+            added = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_add.items()), key=_rr_order))
             self.journal.append(JournalEntry(old, serial, deleted, added))
             self.journal_records += len(deleted) + len(added)
             while self.journal and (len(self.journal) > self.journal_limit
@@ -764,6 +766,10 @@ class ZoneIndex:
             return {}
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         return records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+
+
+def _rr_order(record: XfrRR) -> tuple[str, int, str]:
+    return record[0], record[1], repr(record[3])
 
 
 def _flatten(records: Records) -> Flat:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+import dns.rrset
+import dns.tsigkeyring
 import pytest
 
 from tests.dnsd_process import DnsdProcess
@@ -215,11 +217,26 @@ def test_workers_answer_transfers_and_one_process_notifies(tmp_path: Path) -> No
         write_manifests(path, services)
         with setup.dnsd("--source", f"file:{path}", "--workers", "2") as proc:
             setup.start_secondaries()
-            setup.wait_all(dnsd_serial(proc))
+            first_serial = dnsd_serial(proc)
+            setup.wait_all(first_serial)
             for n in range(3):
                 services[f"w{n}"] = f"2001:db8:42::e{n}"
                 _change_and_check(setup, proc, lambda: write_manifests(path, services), f"w{n}.default.svc.{ZONE}",
                                   {f"2001:db8:42::e{n}"})
+            # Every process answers IXFR from the same journal: a dozen connections (spread over both by
+            # SO_REUSEPORT) get the same three incremental steps.
+            knot = setup.secondaries[0]
+            ring = dns.tsigkeyring.from_text({knot.key_name: ("hmac-sha256", knot.secret)})
+            answers = set()
+            for _ in range(12):
+                query = dns.message.make_query(ZONE, "IXFR")
+                query.authority.append(dns.rrset.from_text(f"{ZONE}.", 0, "IN", "SOA",
+                                                           f"ns1.{ZONE}. h.{ZONE}. {first_serial} 1 1 1 1"))
+                query.use_tsig(ring, knot.key_name)
+                reply = dns.query.tcp(query, "127.0.0.1", port=setup.port, timeout=5, one_rr_per_rrset=True)
+                answers.add(tuple(rrset.to_text() for rrset in reply.answer))
+            (answer,) = answers
+            assert sum(1 for text in answer if " SOA " in text) == 2 + 3 * 2, answer  # ends + old/new per step
             notifies = [line for line in proc.lines if re.search(r"notify .* result=acknowledged", line)]
             serials = {re.search(r"serial=(\d+)", line).group(1) for line in notifies}  # type: ignore[union-attr]
             assert len(notifies) == len(serials), notifies  # one NOTIFY per serial: only one process sends

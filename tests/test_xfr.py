@@ -31,6 +31,7 @@ import dns.rdatatype
 import dns.rrset
 import dns.tsig
 import dns.tsigkeyring
+import dns.xfr
 import dns.zone
 import pytest
 
@@ -370,3 +371,40 @@ def test_notify_is_retried_until_answered_and_coalesces_changes(tmp_path: Path) 
             samples = {s[0]["result"]: s[1] for s in proc.metric_samples("dnsd_notifies_total")}
             assert samples["acknowledged"] == 1 and samples["timeout"] >= 2, samples
         assert proc.wait_for_log(f"notify 127.0.0.1:\\d+ zone={ZONE} serial={newest} result=acknowledged")
+
+
+def test_ixfr_applies_exactly_in_dnspython_and_falls_back_to_the_whole_zone(tmp_path: Path) -> None:
+    """dnspython applies our IXFR to its copy of the zone and ends with the zone a fresh AXFR gives; a serial
+    the journal does not hold gets the whole zone in the IXFR answer (RFC 1995 4)."""
+    path = tmp_path / "cluster.yaml"
+    services = {f"s{i}": f"2001:db8:42::{i:x}" for i in range(50)}
+    write_manifests(path, services)
+    with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{path}",
+                     "--reverse-zone", "2001:db8:42::/48", "--transfer-allow", "127.0.0.0/8") as proc:
+        copy = dns.zone.Zone(ZONE)
+        dns.query.inbound_xfr(proc.host, copy, port=proc.port, timeout=10)
+        start = copy.get_soa().serial
+        for step in range(3):
+            services[f"s{step}"] = f"2001:db8:42::a:{step:x}"  # changed
+            del services[f"s{10 + step}"]  # deleted
+            services[f"new{step}"] = f"2001:db8:42::b:{step:x}"  # added
+            serial = _serial(proc)
+            write_manifests(path, services)
+            deadline = time.monotonic() + 10
+            while _serial(proc) == serial:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        reply = dns.query.tcp(ixfr(start), proc.host, port=proc.port, timeout=5, one_rr_per_rrset=True)
+        reply_soas = [r for r in reply.answer if r.rdtype == dns.rdatatype.SOA]
+        assert len(reply_soas) == 2 + 3 * 2  # incremental: our SOA twice, old and new SOA per serial
+        query, _ = dns.xfr.make_query(copy, serial=start)  # dnspython's own IXFR, applied to its copy
+        dns.query.inbound_xfr(proc.host, copy, query, port=proc.port, timeout=10)
+        fresh = dns.zone.Zone(ZONE)
+        dns.query.inbound_xfr(proc.host, fresh, port=proc.port, timeout=10)
+        assert copy.get_soa().serial == fresh.get_soa().serial == _serial(proc)
+        assert copy.to_text() == fresh.to_text()
+        # a serial dnsd never had: the whole zone, AXFR-style, inside the IXFR answer
+        full = dns.query.tcp(ixfr(start - 1000), proc.host, port=proc.port, timeout=5, one_rr_per_rrset=True)
+        kinds = [r.rdtype for r in full.answer]
+        assert kinds[0] == kinds[-1] == dns.rdatatype.SOA and dns.rdatatype.SOA not in kinds[1:-1]
+        assert len(kinds) == sum(len(rdataset) for _, rdataset in fresh.iterate_rdatasets()) + 1

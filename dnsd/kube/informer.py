@@ -185,6 +185,8 @@ class _Informer:
         self._on_listed = on_listed
         self.resource_version: str | None = None
         self._invalid: set[tuple[str, str]] = set()
+        #: The highest resourceVersion among the objects of the last LIST: the zone's version of them.
+        self.listed_version: int | None = None
         self._failures = 0
         self._last_failure: str | None = None
         self._expired = 0
@@ -351,7 +353,7 @@ class _Informer:
 
         The highest resourceVersion of the listed objects is kept in `listed_version` (the serial).
         """
-        self.listed_version: int | None = None
+        self.listed_version = None
         records: list[Record] = []
         invalid: set[tuple[str, str]] = set()
         token: str | None = None

@@ -7,6 +7,8 @@ Two measurements, both on 127.0.0.1 only:
    owner names, records and TTLs; the record counts of both transfers are printed and must match), each
    pinned to core 0. The client is `kdig +noall AXFR` (C, pinned to core 1), the same for both; the
    figure is the median wall time of `--repeats` transfers, kdig's start-up included for both (a few ms).
+   dnsd's RSS is sampled every 10 ms during its transfers: the peak minus the RSS before them is what a
+   transfer costs in memory (a second copy of a 100,000-Service zone would be well over 100 MB).
 2. **Change to answer at a Knot secondary**: the fake Kubernetes API (`tests/fakekube.py`), dnsd watching
    it with `--notify` and `--transfer-allow` for a Knot secondary with a TSIG key (its refresh timer is
    the SOA's two hours, so only NOTIFY and IXFR explain a change arriving). `--changes` times (default
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +52,7 @@ from bench.lab import (
     free_port,
     machine,
     percentile,
+    rss_bytes,
     tool_versions,
 )
 from tests.fakekube import FakeKube, service
@@ -80,9 +84,32 @@ def kdig_axfr(port: int, key: str | None = None) -> tuple[float, int]:
     return elapsed, sum(1 for line in result.stdout.splitlines() if line and not line.startswith(";"))
 
 
+class PeakRss:
+    """The highest VmRSS of a process while the `with` block runs (sampled every 10 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def axfr_times(sizes: list[int], repeats: int) -> None:
-    print("| Services | records | dnsd AXFR (median) | Knot AXFR (median) | dnsd / Knot |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| Services | records | dnsd AXFR (median) | Knot AXFR (median) | dnsd / Knot | dnsd RSS before | "
+          "peak during AXFR |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:
         cluster = Cluster(size)
         tmp = Path(tempfile.mkdtemp(prefix="xfr-bench-"))
@@ -92,7 +119,9 @@ def axfr_times(sizes: list[int], repeats: int) -> None:
             dnsd = Dnsd("dnsd", manifests=manifests, probe=cluster.last_name,
                         extra=("--transfer-allow", "127.0.0.0/8"))
             with dnsd:
-                dnsd_runs = [kdig_axfr(dnsd.port) for _ in range(repeats)]
+                before = rss_bytes(dnsd.pid)
+                with PeakRss(dnsd.pid) as peak:
+                    dnsd_runs = [kdig_axfr(dnsd.port) for _ in range(repeats)]
             with TransferKnot("knot", zones={ZONE: cluster.zone_file()}) as knot:
                 knot_runs = [kdig_axfr(knot.port) for _ in range(repeats)]
         finally:
@@ -101,8 +130,8 @@ def axfr_times(sizes: list[int], repeats: int) -> None:
         k = statistics.median(t for t, _ in knot_runs)
         records = {n for _, n in dnsd_runs}, {n for _, n in knot_runs}
         note = "" if records[0] == records[1] else f" (records differ: dnsd {records[0]}, Knot {records[1]})"
-        print(f"| {size:,} | {min(records[0]):,} | {d * 1000:.0f} ms | {k * 1000:.0f} ms | {d / k:.1f}x |{note}",
-              flush=True)
+        print(f"| {size:,} | {min(records[0]):,} | {d * 1000:.0f} ms | {k * 1000:.0f} ms | {d / k:.1f}x | "
+              f"{before / 2**20:.0f} MB | {peak.peak / 2**20:.0f} MB |{note}", flush=True)
 
 
 async def change_delay(changes: int) -> list[float]:

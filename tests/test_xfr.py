@@ -35,6 +35,7 @@ import dns.xfr
 import dns.zone
 import pytest
 
+from tests.dnsd_process import EXAMPLE_MANIFESTS as REPO_EXAMPLE
 from tests.dnsd_process import DnsdProcess
 from tests.fakekube import FakeKube, service
 from tests.secondaries import key_file, manifests, write_manifests
@@ -408,3 +409,24 @@ def test_ixfr_applies_exactly_in_dnspython_and_falls_back_to_the_whole_zone(tmp_
         kinds = [r.rdtype for r in full.answer]
         assert kinds[0] == kinds[-1] == dns.rdatatype.SOA and dns.rdatatype.SOA not in kinds[1:-1]
         assert len(kinds) == sum(len(rdataset) for _, rdataset in fresh.iterate_rdatasets()) + 1
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--tsig-key-file", "{missing}"], "tsig: {missing}: cannot read"),
+    (["--tsig-key-file", "{bad}"], "algorithm 'hmac-md5' is not one of hmac-sha256, hmac-sha384, hmac-sha512"),
+    (["--transfer-allow", "127.0.0.0/8=nokey"], "--transfer-allow names key 'nokey', which no --tsig-key-file holds"),
+    (["--notify", "127.0.0.1:5399=nokey"], "--notify names key 'nokey', which no --tsig-key-file holds"),
+])
+def test_key_problems_stop_start_up_with_one_line(tmp_path: Path, flags: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.key"
+    bad.write_text('key "old" { algorithm hmac-md5; secret "Pxe+vv4RWMid8BWM4Se1mLq0jZsbAAmluBFjzCMtYJ8="; };\n')
+    names = {"missing": str(tmp_path / "missing.key"), "bad": str(bad)}
+    argv = [sys.executable, "-m", "dnsd", "--zone", ZONE, "--source", f"file:{REPO_EXAMPLE}", "--recursion", "off",
+            "--listen", "127.0.0.1:0", "--http", "off", *(f.format(**names) for f in flags)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "start-up failed" in line]
+    assert len(errors) == 1 and message.format(**names) in errors[0], done.stderr

@@ -141,12 +141,29 @@ class Snapshot:
         overlay = self.overlay
         apex = self.apex
         find = zone.find_apex
+        live = zone._names
+        single_zone = len(zone.apexes) == 1
         for name in self.names:
-            if name != apex.name and find(name) is not apex:
+            if not single_zone and name != apex.name and find(name) is not apex:
                 continue
             saved = overlay.get(name)
-            types = saved if saved is not None else zone.rrsets_at(name)
-            for rtype, (ttl, rdatas) in sorted(types.items()):
+            if saved is None:
+                by_type = live.get(name)
+                if by_type is None:
+                    continue
+                for rtype in sorted(by_type):
+                    shared = by_type[rtype]
+                    if isinstance(shared, tuple):  # one owner, the common case: no merge needed
+                        ttl, rdatas = shared[0], shared[1]
+                    else:
+                        merged = zone.rrset(name, rtype)
+                        if merged is None:
+                            continue
+                        ttl, rdatas = merged
+                    for rdata in rdatas:
+                        yield name, rtype, ttl, rdata
+                continue
+            for rtype, (ttl, rdatas) in sorted(saved.items()):
                 for rdata in rdatas:
                     yield name, rtype, ttl, rdata
 

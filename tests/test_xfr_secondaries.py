@@ -185,7 +185,7 @@ def test_kubernetes_changes_reach_every_secondary_by_ixfr(setup: Setup, tmp_path
                 await asyncio.to_thread(
                     _change_and_check, setup, proc,
                     lambda: fake.delete("services", "default", "k2"),
-                    f"new.default.svc.{ZONE}", {"2001:db8:42::beef"})
+                    f"k2.default.svc.{ZONE}", set())  # gone (it answered 2001:db8:42::2 until now)
                 for secondary in setup.secondaries:
                     assert secondary.query(f"k2.default.svc.{ZONE}").rcode() == 3
             finally:

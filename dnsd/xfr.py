@@ -61,6 +61,9 @@ NOTAUTH = 9
 MESSAGE_FILL = 15_000
 #: Seconds a transfer waits for a batch in progress (a relist) to reach its serial.
 SETTLE_TIMEOUT = 30.0
+#: Refused or badly signed transfer requests logged per second at most (the rest are only counted).
+REFUSAL_LOG_PER_SECOND = 10
+_REFUSALS = frozenset(("refused", "notauth", "badkey", "badsig", "badtime", "formerr"))
 #: NOTIFY retry: first wait for an answer, and the cap of its doubling.
 NOTIFY_TIMEOUT = 1.0
 NOTIFY_TIMEOUT_MAX = 60.0
@@ -212,6 +215,9 @@ class Transfers:
         self.allow: tuple[TransferAllow, ...] = config.transfer_allow
         self.edns_size = config.edns_udp_size
         self.active = 0
+        self._log_window = 0.0
+        self._logged = 0
+        self._suppressed = 0
 
     # ---- dispatch (called by the handler's slow path) -------------------------------------------
 
@@ -448,6 +454,21 @@ class Transfers:
             metrics.TRANSFERS.labels(kind, result).inc()
 
     def _log(self, request: _Request, kind: str, result: str, detail: str = "") -> None:
+        """One line per transfer; refusals and bad signatures (anyone can send them) at most
+        `REFUSAL_LOG_PER_SECOND` a second, with the number left out said in the next line."""
+        if kind == "query":
+            return  # a signed ordinary query (a secondary's SOA check) is counted, not logged
+        if result in _REFUSALS:
+            now = time.monotonic()
+            if now - self._log_window >= 1.0:
+                self._log_window, self._logged = now, 0
+            if self._logged >= REFUSAL_LOG_PER_SECOND:
+                self._suppressed += 1
+                return
+            self._logged += 1
+            if self._suppressed:
+                detail = f"{detail} (and {self._suppressed} more refusals not logged)".strip()
+                self._suppressed = 0
         logger.info("transfer client=%s kind=%s zone=%s result=%s key=%s%s", request.host, kind,
                     request.query.qname or ".", result, request.key_name or "-", f" {detail}" if detail else "")
 

@@ -242,3 +242,19 @@ def test_the_transfer_packer_writes_what_the_answer_encoder_writes() -> None:
         packer.rr(record)
         writer.rr(record)  # type: ignore[arg-type]
     assert len(records) > 40 and bytes(packer.buf) == bytes(writer.buf)
+
+
+def test_refusals_are_counted_but_their_log_lines_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """Anyone can send AXFR: a flood of refused requests costs at most ten log lines a second."""
+    import logging
+
+    from dnsd import wire, xfr
+
+    zone = make_zone()
+    transfers = xfr.Transfers(zone.config, zone, {})
+    data = dns.message.make_query(ZONE, "AXFR").to_wire()
+    with caplog.at_level(logging.INFO, logger="dnsd.xfr"):
+        replies = [transfers.respond(data, wire.parse_query(data), "203.0.113.7", True) for _ in range(200)]
+    assert all(isinstance(r, bytes) and r[3] & 0xF == dns.rcode.REFUSED for r in replies)
+    lines = [r for r in caplog.records if "result=refused" in r.getMessage()]
+    assert 1 <= len(lines) <= xfr.REFUSAL_LOG_PER_SECOND * 2  # at most two one-second windows in this test

@@ -430,3 +430,15 @@ def test_key_problems_stop_start_up_with_one_line(tmp_path: Path, flags: list[st
     assert done.returncode == 3, done.stderr
     errors = [line for line in done.stderr.splitlines() if "start-up failed" in line]
     assert len(errors) == 1 and message.format(**names) in errors[0], done.stderr
+
+
+def test_transfers_over_ipv6_follow_the_acl(tmp_path: Path) -> None:
+    with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{REPO_EXAMPLE}",
+                     "--transfer-allow", "::1/128", listen=("[::1]:0",)) as proc:
+        zone = dns.zone.Zone(ZONE)
+        dns.query.inbound_xfr("::1", zone, port=proc.port, timeout=10)
+        assert zone.get_soa() is not None and len(zone.nodes) > 1
+    with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{REPO_EXAMPLE}",
+                     "--transfer-allow", "127.0.0.1/32", listen=("[::1]:0",)) as proc:
+        reply = dns.query.tcp(dns.message.make_query(ZONE, "AXFR"), "::1", port=proc.port, timeout=5)
+        assert reply.rcode() == dns.rcode.REFUSED

@@ -592,6 +592,7 @@ class ZoneIndex:
         self._apply(("service", *key), self._service_records(key), changed)
 
     def _commit(self, changed: set[str], force: bool = False) -> None:
+        serial_before = self.serial
         if changed:
             self._dirty = True
         if not self._batch:
@@ -616,8 +617,8 @@ class ZoneIndex:
             ops, self._journal = self._journal, []
             if self._publish is not None:
                 self._publish(ops, self.serial)
-        if changed or force:
-            self._notify(changed)
+        if changed or force or self.serial != serial_before:
+            self._notify(changed)  # a moved serial alone changes every SOA-bearing answer
 
     def _move_serial(self, serial: int, journal: bool = True) -> None:
         """The serial moves: the pending diff becomes the journal entry from the old serial to this one.

@@ -224,15 +224,18 @@ def test_two_processes_on_one_cluster_have_one_serial_and_a_restart_is_not_lower
             args = ("--zone", ZONE, "--recursion", "off", "--source", "kubernetes", "--kubeconfig", str(kubeconfig))
 
             async def agreed(procs: list[DnsdProcess], want: int) -> None:
-                async with asyncio.timeout(15):
-                    while True:
-                        try:
-                            got = [await asyncio.to_thread(_serial, p) for p in procs]
-                        except (dns.exception.Timeout, IndexError):
-                            got = []
-                        if got == [want] * len(procs):
-                            return
-                        await asyncio.sleep(0.05)
+                got: list[int] = []
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        got = [await asyncio.to_thread(_serial, p) for p in procs]
+                    except (dns.exception.Timeout, IndexError):
+                        got = []
+                    if got == [want] * len(procs):
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"serials {got}, wanted {want} in both:\n"
+                                     + "\n".join(p.output()[-3000:] for p in procs))
 
             one, two = DnsdProcess(*args), DnsdProcess(*args)
             await asyncio.to_thread(one.start)

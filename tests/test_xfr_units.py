@@ -155,8 +155,10 @@ def test_serial_arithmetic_and_rules() -> None:
     zone.mark_synced()
     zone.put_service(svc("y", ("2001:db8:42::2",)), version=400)  # not newer: count on
     assert zone.serial == 501
+    notified: list[int] = []
+    zone.subscribe(lambda changed: notified.append(zone.serial))
     zone.put_service(svc("y", ("2001:db8:42::2",)), version=(7 << 32) + 600)  # no change, a newer version
-    assert zone.serial == 600
+    assert zone.serial == 600 and notified == [600]  # the answer cache drops its SOA-bearing answers
     zone.put_service(svc("y", ("2001:db8:42::2",)), version=(7 << 32) + 600)  # same version, same data
     assert zone.serial == 600
 

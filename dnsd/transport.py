@@ -87,11 +87,13 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         reply = self.respond(data, addr[0], False)
-        if reply is None or isinstance(reply, AsyncIterator):  # never a stream over UDP
+        if reply is None:
             return
         if isinstance(reply, bytes):
             if self.transport is not None:
                 self.transport.sendto(reply, addr)
+            return
+        if isinstance(reply, AsyncIterator):  # never a stream over UDP (and never on the hot path)
             return
         task = asyncio.ensure_future(self._send_later(reply, addr))
         self.tasks.add(task)

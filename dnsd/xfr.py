@@ -25,7 +25,8 @@ with the question, each signed when the request was; the transport writes them o
 yields to the event loop in between (waiting while the client does not read), so answers never
 stall behind a transfer, and one transfer of a 100,000-Service zone holds one message in memory.
 Every transfer logs one line (client, zone, kind, serials, result, messages, records, seconds, key)
-and counts in `dnsd_transfers_total{kind,result}`.
+and counts in `dnsd_transfers_total{kind,result}`; refusals and bad signatures, which anyone can send,
+log at most `REFUSAL_LOG_PER_SECOND` lines a second (all are counted).
 
 NOTIFY (`Notifier`, in the watching process only, so that `--workers` followers do not repeat it):
 on every new serial each `--notify` target gets, for every zone, a NOTIFY with our SOA in the

@@ -412,6 +412,10 @@ def test_ixfr_applies_exactly_in_dnspython_and_falls_back_to_the_whole_zone(tmp_
         kinds = [r.rdtype for r in full.answer]
         assert kinds[0] == kinds[-1] == dns.rdatatype.SOA and dns.rdatatype.SOA not in kinds[1:-1]
         assert len(kinds) == sum(len(rdataset) for _, rdataset in fresh.iterate_rdatasets()) + 1
+        # an IXFR without the SOA it should carry (RFC 1995 3) is still answered, with the whole zone
+        bare = dns.query.tcp(dns.message.make_query(ZONE, "IXFR"), proc.host, port=proc.port, timeout=5,
+                             one_rr_per_rrset=True)
+        assert bare.rcode() == dns.rcode.NOERROR and [r.rdtype for r in bare.answer] == kinds
 
 
 @pytest.mark.parametrize(("flags", "message"), [

@@ -37,7 +37,8 @@ The SOA serial (one for every zone dnsd serves) is designed for secondaries (`dn
   serial moving yet is *unsettled*: transfers wait (`settled`) until the serial moves, so that a
   transfer never carries data that is not exactly the data of its serial.
 
-The journal (for IXFR): after the first full sync, every change of the merged RRsets of a name is
+The journal (for IXFR; kept only when `--transfer-allow` lets someone transfer): after the first full
+sync, every change of the merged RRsets of a name is
 diffed at the record level (RR by RR, the TTL part of the record) into the pending diff, where an
 addition and a deletion of the same record cancel, so that each serial's diff is exact: it deletes
 only records that were there and adds only records that were not (Knot rejects anything else). When
@@ -45,8 +46,9 @@ the serial moves the pending diff becomes a `JournalEntry`; the last `journal_li
 (and at most `MAX_JOURNAL_RECORDS` records in all). Followers build the same journal from the same
 batches.
 
-Snapshots (for AXFR/IXFR streaming): `open_snapshot` lists the names of one zone (references to
-strings the index already holds, not a copy of their records) and registers a reader; while a reader
+Snapshots (for AXFR/IXFR streaming): `open_snapshot` copies the list of names (references to strings
+the index already holds, not a copy of their records; the names of other zones are skipped while
+reading) and registers a reader; while a reader
 is open, every name about to change first has its old records saved in the reader's overlay. The
 transfer reads each listed name from the overlay when present, else live, so it sends exactly the
 zone as it was at its serial, however long the client takes, at a cost proportional to the changes

@@ -28,9 +28,9 @@ from tests.hierarchy import require
 from tests.started_dnsd import free_port
 
 
-def key_file(directory: Path, name: str) -> tuple[Path, str]:
+def key_file(directory: Path, name: str, algorithm: str = "hmac-sha256") -> tuple[Path, str]:
     """A key file as `tsig-keygen` writes it (made by tsig-keygen itself); (path, base64 secret)."""
-    text = subprocess.run([require("tsig-keygen"), "-a", "hmac-sha256", name], check=True,
+    text = subprocess.run([require("tsig-keygen"), "-a", algorithm, name], check=True,
                           capture_output=True, text=True).stdout
     path = directory / f"{name}.key"
     path.write_text(text)
@@ -50,6 +50,7 @@ class Secondary:
     key_name: str
     secret: str
     port: int = field(default_factory=free_port)
+    algorithm: str = "hmac-sha256"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -138,7 +139,7 @@ database:
     storage: "{d}"
 key:
   - id: {self.key_name}
-    algorithm: hmac-sha256
+    algorithm: {self.algorithm}
     secret: {self.secret}
 remote:
   - id: primary
@@ -182,7 +183,7 @@ remote-control:
     control-enable: no
 key:
     name: "{self.key_name}"
-    algorithm: hmac-sha256
+    algorithm: {self.algorithm}
     secret: "{self.secret}"
 zone:
     name: "{self.zone}"
@@ -205,7 +206,7 @@ zone:
     dnssec-validation no;
 }};
 controls {{ }};
-key "{self.key_name}" {{ algorithm hmac-sha256; secret "{self.secret}"; }};
+key "{self.key_name}" {{ algorithm {self.algorithm}; secret "{self.secret}"; }};
 zone "{self.zone}" {{
     type secondary;
     primaries port {self.primary_port} {{ 127.0.0.1 key {self.key_name}; }};

@@ -49,15 +49,16 @@ def transfer_lines(proc: DnsdProcess, key: str, start: int = 0) -> list[str]:
 class Setup:
     """Ports, keys and secondaries, and the dnsd flags that go with them."""
 
-    def __init__(self, tmp_path: Path, kinds: tuple[str, ...] = KINDS) -> None:
+    def __init__(self, tmp_path: Path, kinds: tuple[str, ...] = KINDS, algorithms: tuple[str, ...] = ()) -> None:
         self.tmp = tmp_path
         self.port = free_port()
         self.secondaries: list[Secondary] = []
         self.flags: list[str] = []
-        for kind in kinds:
+        for n, kind in enumerate(kinds):
             name = f"{kind}-key"
-            path, secret = key_file(tmp_path, name)
-            secondary = Secondary(kind, tmp_path / kind, ZONE, self.port, name, secret)
+            algorithm = algorithms[n] if algorithms else "hmac-sha256"
+            path, secret = key_file(tmp_path, name, algorithm)
+            secondary = Secondary(kind, tmp_path / kind, ZONE, self.port, name, secret, algorithm=algorithm)
             self.secondaries.append(secondary)
             self.flags += ["--tsig-key-file", str(path), "--transfer-allow", f"127.0.0.0/8={name}",
                            "--notify", f"127.0.0.1:{secondary.port}={name}"]
@@ -240,5 +241,23 @@ def test_workers_answer_transfers_and_one_process_notifies(tmp_path: Path) -> No
             notifies = [line for line in proc.lines if re.search(r"notify .* result=acknowledged", line)]
             serials = {re.search(r"serial=(\d+)", line).group(1) for line in notifies}  # type: ignore[union-attr]
             assert len(notifies) == len(serials), notifies  # one NOTIFY per serial: only one process sends
+    finally:
+        setup.stop()
+
+
+def test_sha384_and_sha512_keys_work_with_every_secondary(tmp_path: Path) -> None:
+    """Knot with hmac-sha512, NSD with hmac-sha384, BIND with hmac-sha512: first AXFR, then an IXFR."""
+    _tools()
+    setup = Setup(tmp_path, KINDS, ("hmac-sha512", "hmac-sha384", "hmac-sha512"))
+    try:
+        path = tmp_path / "cluster.yaml"
+        services = {f"svc{i}": f"2001:db8:42::{i:x}" for i in range(1, 6)}
+        write_manifests(path, services)
+        with setup.dnsd("--source", f"file:{path}") as proc:
+            setup.start_secondaries()
+            setup.wait_all(dnsd_serial(proc))
+            services["sha"] = "2001:db8:42::5a"
+            _change_and_check(setup, proc, lambda: write_manifests(path, services), f"sha.default.svc.{ZONE}",
+                              {"2001:db8:42::5a"})
     finally:
         setup.stop()

@@ -15,7 +15,7 @@ import logging
 import signal
 from typing import Any
 
-from dnsd import metrics
+from dnsd import metrics, xfr
 from dnsd.config import Config
 from dnsd.errors import SourceError, StartupError
 from dnsd.handler import Handler, Recursor
@@ -42,6 +42,7 @@ class App:
         self.handler: Handler | None = None
         self.listeners: Listeners | None = None
         self.http: HttpServer | None = None
+        self.notifier: xfr.Notifier | None = None
         self.lame_duck = False
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -68,6 +69,8 @@ class App:
             metrics.RRL_BUCKETS.set(self.handler.rrl.buckets if self.handler.rrl is not None else 0)
         if self.listeners is not None:
             metrics.TCP_CONNECTIONS.set(self.listeners.tcp_state.total)
+        metrics.JOURNAL_SERIALS.set(len(self.zone.journal))
+        metrics.JOURNAL_RECORDS.set(self.zone.journal_records)
 
     async def _make_recursor(self) -> Recursor | None:
         if self.config.recursion == "off":
@@ -116,6 +119,16 @@ class App:
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor)
+        if config.transfer_allow or config.notify or config.tsig_key_file:
+            try:
+                keys = xfr.load_keys(config)
+            except ValueError as exc:
+                raise StartupError(f"tsig: {exc}") from None
+            # Every process answers transfers from its own index (followers hold the same data, serial
+            # and journal); only the watching process sends NOTIFY, so secondaries get it once.
+            self.handler.transfers = xfr.Transfers(config, self.zone, keys)
+            if config.notify and self.link is None:
+                self.notifier = xfr.Notifier(config, self.zone, keys)
         if config.workers > 1 and self.link is None:
             self.pool = WorkerPool(config, self.zone, self.stats)  # before the source: it sees every change
         await self._start_source()
@@ -139,6 +152,8 @@ class App:
                         f"[{host}]:{self.http.port}" if ":" in host else f"{host}:{self.http.port}")
         if self.pool is not None:
             await self.pool.start(self.listeners.bound)
+        if self.notifier is not None:
+            await self.notifier.start()
         loop = asyncio.get_running_loop()
         # A follower ignores both: the watching process stops it after its own lame duck.
         for sig in () if self.link is not None else (signal.SIGTERM, signal.SIGINT):
@@ -173,6 +188,8 @@ class App:
             logger.info("lame duck: /readyz is 503, still answering for %.1f s", self.config.lame_duck)
             await asyncio.sleep(self.config.lame_duck)
         self.lame_duck = True
+        if self.notifier is not None:
+            await self.notifier.close()
         if self.pool is not None:
             await self.pool.close()
         if self.listeners is not None:

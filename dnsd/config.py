@@ -53,6 +53,22 @@ class Nameserver:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferAllow:
+    """`--transfer-allow CIDR[=KEY]`: clients in `network` may transfer, signed with `key` when given."""
+
+    network: IPNetwork
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTarget:
+    """`--notify ADDR[:PORT][=KEY]`: a secondary told of every new serial, signed with `key` when given."""
+
+    endpoint: Endpoint
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything dnsd needs to run; names are the YAML keys of the contract."""
 
@@ -96,6 +112,11 @@ class Config:
     dnssec_validation: bool = True
     trust_anchor: tuple[str, ...] = ()
     negative_trust_anchor: tuple[str, ...] = ()
+    # Zone transfers (ARCHITECTURE.md "Contract: zone transfers (dnsd as hidden primary)").
+    transfer_allow: tuple[TransferAllow, ...] = ()
+    tsig_key_file: tuple[str, ...] = ()
+    notify: tuple[NotifyTarget, ...] = ()
+    ixfr_journal: int = 1000
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -295,6 +316,31 @@ def parse_http(value: Any) -> Endpoint | None:
     return parse_endpoint(value)
 
 
+def _key_name(text: str) -> str | None:
+    name = text.strip().rstrip(".").lower()
+    if not name:
+        return None
+    if len(name) > 253 or any(not label or len(label) > 63 for label in name.split(".")):
+        raise ValueError(f"{text!r} is not a TSIG key name")
+    return name
+
+
+def parse_transfer_allow(value: Any) -> TransferAllow:
+    """`CIDR` or `CIDR=KEY`: who may AXFR/IXFR, and with which TSIG key."""
+    if not isinstance(value, str):
+        raise ValueError("expected CIDR[=KEY]")
+    network, _, key = value.partition("=")
+    return TransferAllow(parse_network(network), _key_name(key) if key else None)
+
+
+def parse_notify(value: Any) -> NotifyTarget:
+    """`ADDR[:PORT][=KEY]` (port 53 by default; `[V6ADDR]:PORT` for IPv6 with a port)."""
+    if not isinstance(value, str):
+        raise ValueError("expected ADDR[:PORT][=KEY]")
+    address, _, key = value.partition("=")
+    return NotifyTarget(parse_endpoint(address, default_port=53), _key_name(key) if key else None)
+
+
 def parse_namespace(value: Any) -> str:
     """A Kubernetes namespace name (RFC 1123 label)."""
     text = str(value).strip().lower()
@@ -405,6 +451,15 @@ OPTIONS: tuple[Option, ...] = (
            "bundled root KSKs", repeat=True, metavar="FILE"),
     Option("negative_trust_anchor", parse_anchor_name, "no validation at or below this name (RFC 7646)",
            repeat=True, metavar="NAME"),
+    Option("transfer_allow", parse_transfer_allow,
+           "clients that may AXFR/IXFR every zone, with =KEY only when TSIG-signed with that key "
+           "(default: nobody)", repeat=True, metavar="CIDR[=KEY]"),
+    Option("tsig_key_file", parse_path, "TSIG keys in tsig-keygen's format (hmac-sha256/384/512)", repeat=True,
+           metavar="FILE"),
+    Option("notify", parse_notify, "secondary sent a NOTIFY on every new serial, signed with =KEY",
+           repeat=True, metavar="ADDR[:PORT][=KEY]"),
+    Option("ixfr_journal", parse_int(0, 1_000_000), "serials kept for IXFR (default 1000; 0: AXFR only)",
+           metavar="N"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

@@ -35,13 +35,16 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Awaitable
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Protocol
 
 from dnsd import authority, rrl, wire
 from dnsd.config import Config
 from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
 from dnsd.zone import ZoneIndex
+
+if TYPE_CHECKING:
+    from dnsd.xfr import Transfers
 
 logger = logging.getLogger(__name__)
 query_logger = logging.getLogger("dnsd.query")
@@ -55,7 +58,8 @@ _FLAG_EDNS, _FLAG_DO, _FLAG_CD, _FLAG_RECURSE, _FLAG_AD = 1, 2, 4, 8, 16
 _OPT_TYPE = b"\x00\x29"
 _ONE_QUESTION_ONLY = b"\x00\x01\x00\x00\x00\x00"
 
-Reply = bytes | None | Awaitable[bytes | None]
+#: An async iterator is a multi-message answer (a zone transfer), written message by message over TCP.
+Reply = bytes | None | Awaitable[bytes | None] | AsyncIterator[bytes]
 Labels = tuple[str, str, str, str]
 #: What `Handler.fast_key` finds in a plain query: (cache key, end of question, client's UDP limit).
 FastKey = tuple[bytes, int, int]
@@ -164,6 +168,9 @@ class Acl:
 
 class Handler:
     """Answers queries for one process; the transports call `respond`."""
+
+    #: AXFR, IXFR, NOTIFY and TSIG-signed queries go here when transfers are configured (`dnsd.xfr`).
+    transfers: Transfers | None = None
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
                  recursor: Recursor | None = None) -> None:
@@ -348,6 +355,8 @@ class Handler:
         except wire.DropPacket:
             self.stats.drop("malformed")
             return None
+        if self.transfers is not None and self.transfers.wants(data, query):
+            return self.transfers.respond(data, query, host, tcp)
         may_recurse = self.acl.allows(host)
         ra = may_recurse and self.recursor is not None
         limit = 65535 if tcp else (

@@ -215,3 +215,18 @@ RRL_BUCKETS = Gauge("dnsd_rrl_buckets", "Response rate limiting buckets held (cl
 DNS64_SYNTHESIZED = Counter("dnsd_dns64_synthesized_total", "AAAA answers synthesized by DNS64", ["kind"])
 DNSSEC_VALIDATIONS = Counter("dnsd_dnssec_validations_total",
                              "Recursive answers judged by the DNSSEC validator", ["result"])
+
+# ---- zone transfers (dnsd as hidden primary) ---------------------------------------------------
+TRANSFERS = Counter(
+    "dnsd_transfers_total",
+    "Zone transfer requests, by kind (axfr, ixfr, ixfr_udp) and result (full, incremental, current, "
+    "refused, notauth, badkey, badsig, badtime, servfail, formerr, aborted)",
+    ["kind", "result"],
+)
+NOTIFIES = Counter(
+    "dnsd_notifies_total",
+    "NOTIFY messages sent to secondaries, by result (acknowledged, timeout, refused, badsig, error)",
+    ["result"],
+)
+JOURNAL_SERIALS = Gauge("dnsd_ixfr_journal_serials", "Serials held in the IXFR journal")
+JOURNAL_RECORDS = Gauge("dnsd_ixfr_journal_records", "Records (deleted plus added) held in the IXFR journal")

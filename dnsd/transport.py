@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import socket
 import struct
 import termios
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from dnsd.config import Endpoint
@@ -42,7 +43,9 @@ from dnsd.metrics import LIMIT_HITS
 
 logger = logging.getLogger(__name__)
 
-Responder = Callable[[bytes, str, bool], bytes | Awaitable[bytes | None] | None]
+#: An AsyncIterator reply is a multi-message answer (a zone transfer): TCP writes its messages one by
+#: one, yielding to the loop between them and waiting while the client leaves them unread.
+Responder = Callable[[bytes, str, bool], bytes | Awaitable[bytes | None] | AsyncIterator[bytes] | None]
 
 #: Receive buffer asked for on UDP sockets; the kernel caps it at net.core.rmem_max unless we are root.
 UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
@@ -108,6 +111,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if isinstance(reply, bytes):
             if self.transport is not None:
                 self.transport.sendto(reply, addr)
+            return
+        if isinstance(reply, AsyncIterator):  # never a stream over UDP (and never on the hot path)
             return
         task = asyncio.ensure_future(self._send_later(reply, addr))
         self.tasks.add(task)
@@ -182,6 +187,7 @@ class TcpProtocol(asyncio.Protocol):
         # bytes_acked when the write timer / the idle stall check last looked (None: not looked yet)
         self.acked_paused: int | None = None
         self.acked_idle: int | None = None
+        self.writable: asyncio.Event | None = None  # created for the first streamed answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's class is no subclass
@@ -207,6 +213,8 @@ class TcpProtocol(asyncio.Protocol):
             self.idle.cancel()
         if self.write_timer is not None:
             self.write_timer.cancel()
+        if self.writable is not None:
+            self.writable.set()  # wakes a transfer waiting to write: it sees the closed transport and stops
         if not self.accepted:
             return
         state = self.state
@@ -286,6 +294,8 @@ class TcpProtocol(asyncio.Protocol):
         # The client is not reading its answers: stop reading (and answering) its queries, so that
         # answers cannot pile up in our send buffer, and give it one idle timeout to catch up.
         self.write_paused = True
+        if self.writable is not None:
+            self.writable.clear()
         if self.transport is not None:
             self.transport.pause_reading()
         if self.write_timer is None:
@@ -319,6 +329,8 @@ class TcpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.writable is not None:
+            self.writable.set()
         if self.write_timer is not None:
             self.write_timer.cancel()
             self.write_timer = None
@@ -342,6 +354,11 @@ class TcpProtocol(asyncio.Protocol):
         self.pending += 1
         if self.pending >= MAX_TCP_PIPELINE and self.transport is not None:
             self.transport.pause_reading()
+        if isinstance(reply, AsyncIterator):
+            task = asyncio.ensure_future(self._write_stream(reply))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
         task = asyncio.ensure_future(self._write_later(reply))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -355,6 +372,27 @@ class TcpProtocol(asyncio.Protocol):
             self.pending -= 1
             self._maybe_resume()
 
+    async def _write_stream(self, messages: AsyncIterator[bytes]) -> None:
+        """Write a multi-message answer; the idle timer is held off while it runs."""
+        if self.writable is None:
+            self.writable = asyncio.Event()
+            if not self.write_paused:
+                self.writable.set()
+        try:
+            async for message in messages:
+                if self.transport is None or self.transport.is_closing():
+                    break
+                self._write(message)
+                # While the client does not read, the write timer judges it (reset without progress
+                # for an idle timeout, patience while a slow secondary still takes its bytes);
+                # connection_lost sets the event, so an aborted transfer ends here too.
+                await self.writable.wait()
+                await asyncio.sleep(0)  # let other clients' answers go out between messages
+        finally:
+            await messages.aclose()  # type: ignore[attr-defined]  # an async generator
+            self.pending -= 1
+            self._maybe_resume()
+
     def _write(self, reply: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(len(reply).to_bytes(2, "big") + reply)
@@ -362,6 +400,30 @@ class TcpProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+#: Tries at a UDP and TCP pair on one port when the configured port is 0 ("any").
+_ANY_PORT_TRIES = 16
+
+
+def _bind_pair(endpoint: Endpoint, dual: bool) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket bound to the same port of `endpoint`.
+
+    Port 0 means "any": TCP then takes the port UDP got, so both serve one address. The kernel only
+    promised that port free for UDP, and a TCP socket (a listener or an outgoing connection's local
+    port) may hold it already, so with port 0 a collision means trying another port, not failing.
+    """
+    for attempt in range(_ANY_PORT_TRIES):
+        udp_sock = make_socket(endpoint, socket.SOCK_DGRAM, dual)
+        try:
+            tcp_sock = make_socket(Endpoint(endpoint.host, udp_sock.getsockname()[1]), socket.SOCK_STREAM, dual)
+        except OSError as exc:
+            udp_sock.close()
+            if endpoint.port != 0 or exc.errno != errno.EADDRINUSE or attempt == _ANY_PORT_TRIES - 1:
+                raise
+            continue
+        return udp_sock, tcp_sock
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 class Listeners:
@@ -383,15 +445,12 @@ class Listeners:
         try:
             for endpoint in self.endpoints:
                 dual = endpoint.host == "::" and endpoint.port not in ipv4_ports
-                udp_sock = make_socket(endpoint, socket.SOCK_DGRAM, dual)
+                udp_sock, tcp_sock = _bind_pair(endpoint, dual)
                 transport, _ = await loop.create_datagram_endpoint(
                     lambda: UdpProtocol(self.respond), sock=udp_sock
                 )
                 self.udp_transports.append(transport)
                 port = udp_sock.getsockname()[1]
-                # Port 0 means "any": TCP then takes the port UDP got, so both serve one address.
-                tcp_endpoint = Endpoint(endpoint.host, port)
-                tcp_sock = make_socket(tcp_endpoint, socket.SOCK_STREAM, dual)
                 tcp_sock.listen(1024)
                 server = await loop.create_server(
                     lambda: TcpProtocol(self.respond, self.tcp_state), sock=tcp_sock

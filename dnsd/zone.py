@@ -9,9 +9,50 @@ are never removed, so there is no moment where answers vanish.
 
 Names are lower-case dotted text without the trailing dot. A name *exists* when it owns records, was
 marked present (a Namespace), or has an existing name below it (an empty non-terminal, RFC 8020).
-Every change bumps the SOA serial and reports the changed owner names to subscribers (the answer
-cache), which is how invalidation stays exact. This module knows nothing of sockets or wire formats
-beyond packing addresses; `authority` turns lookups into responses.
+Every change reports the changed owner names to subscribers (the answer cache), which is how
+invalidation stays exact. This module knows nothing of sockets or wire formats beyond packing
+addresses; `authority` turns lookups into responses.
+
+The SOA serial (one for every zone dnsd serves) is designed for secondaries (`dnsd.xfr`):
+
+* **Same data, same serial, on every replica.** The serial is not a clock: it is taken from the
+  source's own version of the data. For Kubernetes that is the resourceVersion (etcd's cluster-wide
+  revision) of the newest object the zone holds: every object carries its resourceVersion, so two
+  replicas that listed, or watched, the same Services and EndpointSlices compute the same maximum,
+  whenever and however often they listed. An update that changes no record still moves it (a
+  replica that lists later sees that object's new resourceVersion, so the one that watched must move
+  too); a deletion moves it to the resourceVersion of the DELETED event. For the manifests file it is
+  the file's modification time in seconds (one file mounted into every replica: one serial). Before
+  the first full sync the serial is exactly that version; afterwards it takes the version when that
+  is newer in RFC 1982 arithmetic, and `serial + 1` when it is not (a relist after 410 whose newest
+  object is older than a deletion it missed, two file changes within one second), so it never goes
+  backwards. resourceVersions are 64-bit; the serial is their low 32 bits, which RFC 1982 compares
+  correctly as long as fewer than 2**31 revisions pass between two looks of a secondary.
+* **Never backwards across restarts**: a restarted process lists the same objects and gets the same
+  maximum. The one exception is a deletion that is the newest change of all: a fresh list no longer
+  sees the deleted object, so a restarted replica starts below the serial the deletion gave; the next
+  change to any object brings every replica to the same, higher serial again.
+* **One serial per batch.** A relist is applied in steps that yield to the event loop, and a
+  `--workers` follower applies the watching process's batches; data changed in a step without the
+  serial moving yet is *unsettled*: transfers wait (`settled`) until the serial moves, so that a
+  transfer never carries data that is not exactly the data of its serial.
+
+The journal (for IXFR; kept only when `--transfer-allow` lets someone transfer): after the first full
+sync, every change of the merged RRsets of a name is
+diffed at the record level (RR by RR, the TTL part of the record) into the pending diff, where an
+addition and a deletion of the same record cancel, so that each serial's diff is exact: it deletes
+only records that were there and adds only records that were not (Knot rejects anything else). When
+the serial moves the pending diff becomes a `JournalEntry`; the last `journal_limit` entries are kept
+(and at most `MAX_JOURNAL_RECORDS` records in all). Followers build the same journal from the same
+batches.
+
+Snapshots (for AXFR/IXFR streaming): `open_snapshot` copies the list of names (references to strings
+the index already holds, not a copy of their records; the names of other zones are skipped while
+reading) and registers a reader; while a reader
+is open, every name about to change first has its old records saved in the reader's overlay. The
+transfer reads each listed name from the overlay when present, else live, so it sends exactly the
+zone as it was at its serial, however long the client takes, at a cost proportional to the changes
+made during the transfer.
 """
 
 from __future__ import annotations
@@ -20,9 +61,9 @@ import asyncio
 import ipaddress
 import logging
 import sys
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
 from dnsd.config import Config
@@ -37,9 +78,13 @@ A, NS, CNAME, SOA, PTR, TXT, AAAA, SRV = 1, 2, 5, 6, 12, 16, 28, 33
 #: AAAA wherever A is specified).
 SCHEMA_VERSION = "1.1.0"
 
-#: SOA timers: refresh, retry, expire. dnsd has no secondaries (there is no zone transfer), so they only
-#: need to be sane (RFC 1912 2.2 ranges).
+#: SOA timers: refresh, retry, expire (RFC 1912 2.2 ranges). Secondaries learn of changes by NOTIFY
+#: within a second; the two-hour refresh is only the safety net for a lost NOTIFY.
 SOA_TIMERS = (7200, 1800, 1209600)
+
+#: Records (deleted plus added) the IXFR journal holds at most, whatever `--ixfr-journal` says: a relist
+#: that changes a whole large cluster makes one huge entry, and AXFR is the better answer then anyway.
+MAX_JOURNAL_RECORDS = 1_000_000
 
 Srv = tuple[int, int, int, str]  # priority, weight, port, target
 #: bytes: A/AAAA address or TXT strings, already in wire form; str: a target name (CNAME, PTR, NS);
@@ -58,6 +103,79 @@ Records = dict[str, dict[int, RRset]]  # name -> type -> (ttl, rdatas)
 Flat = tuple[tuple[str, int, int, tuple[Rdata, ...]], ...]  # ((name, type, ttl, rdatas), ...)
 #: One RRset's contributions: (ttl, rdatas, owner) when one owner has it, else {owner: (ttl, rdatas)}.
 Shared = Union[tuple[int, tuple[Rdata, ...], Owner], dict[Owner, RRset]]  # noqa: UP007
+#: One resource record as transferred: (owner, type, ttl, rdata).
+XfrRR = tuple[str, int, int, Union[Rdata, tuple[str, str, int, int, int, int, int]]]  # noqa: UP007
+RRKey = tuple[str, int, Rdata]  # a record without its TTL
+
+
+def serial_gt(a: int, b: int) -> bool:
+    """RFC 1982 3.2: a is greater than b in 32-bit serial number arithmetic."""
+    return a != b and ((a > b and a - b < 2**31) or (a < b and b - a > 2**31))
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One serial's change: the exact records removed and added between `old` and `new`."""
+
+    old: int
+    new: int
+    deleted: tuple[XfrRR, ...]
+    added: tuple[XfrRR, ...]
+
+
+@dataclass(slots=True, eq=False)  # identity: two readers of one zone at one serial are two readers
+class Snapshot:
+    """A zone as it was at `serial`, read name by name while the index moves on (see the module doc)."""
+
+    zone: ZoneIndex
+    apex: ZoneApex
+    serial: int
+    names: list[str]
+    overlay: dict[str, dict[int, RRset]] = field(default_factory=dict)
+
+    def records(self) -> Iterator[XfrRR]:
+        """Every record of the zone at `serial` except the SOA, apex first.
+
+        `names` holds every name of the index; the ones of other zones are skipped here, lazily, so
+        that opening a snapshot of a large zone costs one list copy and no per-name work.
+        """
+        zone = self.zone
+        overlay = self.overlay
+        apex = self.apex
+        find = zone.find_apex
+        live = zone._names
+        single_zone = len(zone.apexes) == 1
+        for name in self.names:
+            if not single_zone and name != apex.name and find(name) is not apex:
+                continue
+            saved = overlay.get(name)
+            if saved is None:
+                by_type = live.get(name)
+                if by_type is None:
+                    continue
+                for rtype in sorted(by_type):
+                    shared = by_type[rtype]
+                    if isinstance(shared, tuple):  # one owner, the common case: no merge needed
+                        ttl, rdatas = shared[0], shared[1]
+                    else:
+                        merged = zone.rrset(name, rtype)
+                        if merged is None:
+                            continue
+                        ttl, rdatas = merged
+                    for rdata in rdatas:
+                        yield name, rtype, ttl, rdata
+                continue
+            for rtype, (ttl, rdatas) in sorted(saved.items()):
+                for rdata in rdatas:
+                    yield name, rtype, ttl, rdata
+
+    def close(self) -> None:
+        """Stop saving old records for this reader."""
+        readers = self.zone._readers
+        for i, reader in enumerate(readers):
+            if reader is self:
+                del readers[i]
+                break
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +235,6 @@ class ZoneIndex:
             ZoneApex(config.zone), *(ZoneApex(reverse_apex(net), net) for net in config.reverse_zone)
         )
         self._apex_names = {z.name for z in self.apexes}
-        self.serial = int(time.time()) & 0xFFFFFFFF
         self.synced = False
         self.services: dict[tuple[str, str], ServiceRecord] = {}
         self.slices: dict[tuple[str, str], SliceRecord] = {}
@@ -133,6 +250,21 @@ class ZoneIndex:
         self._subscribers: list[Callable[[set[str]], None]] = []
         self._journal: list[Op] | None = None  # operations since the last commit, when publishing
         self._publish: Callable[[list[Op], int], None] | None = None
+        # ---- serial, IXFR journal, transfer snapshots (see the module docstring) ----
+        self.serial = 1
+        self._version: int | None = None  # the source's newest version of the data (resourceVersion, mtime)
+        self._version_used: int | None = None  # the version the current serial was taken from
+        self._batch = 0  # >0 while a stepped relist runs: the serial moves at its end
+        self._based = False  # the first synced serial is set: from now on the journal records
+        self._dirty = False  # data changed since the serial last moved
+        # The journal costs a diff per change: kept only when someone may transfer.
+        self.journal_limit = config.ixfr_journal if config.transfer_allow else 0
+        self.journal: deque[JournalEntry] = deque()
+        self.journal_records = 0
+        self._pending_del: dict[RRKey, int] = {}
+        self._pending_add: dict[RRKey, int] = {}
+        self._readers: list[Snapshot] = []
+        self._serial_subscribers: list[Callable[[int], None]] = []
         self._apply(("static",), self._static_records(), set())
 
     # ---- reading -------------------------------------------------------------------------------
@@ -167,6 +299,15 @@ class ZoneIndex:
             merged.update(dict.fromkeys(rdatas))
         return ttl, tuple(merged)
 
+    def rrsets_at(self, name: str) -> dict[int, RRset]:
+        """Every merged RRset at a name, by type (for transfers and the journal)."""
+        out: dict[int, RRset] = {}
+        for rtype in self._names.get(name, ()):
+            rrset = self.rrset(name, rtype)
+            if rrset is not None:
+                out[rtype] = rrset
+        return out
+
     def types_at(self, name: str) -> list[int]:
         """The RR types present at a name, in ascending order."""
         return sorted(self._names.get(name, {}))
@@ -180,6 +321,33 @@ class ZoneIndex:
     def record_count(self) -> int:
         """Number of RRsets currently served (for the zone records metric)."""
         return sum(len(types) for types in self._names.values())
+
+    # ---- transfers ------------------------------------------------------------------------------
+
+    @property
+    def settled(self) -> bool:
+        """True when the data is exactly the data of `serial` (no change waits for the serial to move)."""
+        return not self._dirty and not self._batch
+
+    def open_snapshot(self, apex: ZoneApex) -> Snapshot:
+        """A reader of one zone at the current serial (call only when `settled`); close it when done."""
+        names = [apex.name] if apex.name in self._names else []
+        names.extend(n for n in self._names if n != apex.name)
+        snapshot = Snapshot(self, apex, self.serial, names)
+        self._readers.append(snapshot)
+        return snapshot
+
+    def journal_since(self, serial: int) -> list[JournalEntry] | None:
+        """The entries leading from `serial` to the current serial, or None when it is not in the journal."""
+        entries = list(self.journal)
+        for i, entry in enumerate(entries):
+            if entry.old == serial:
+                return entries[i:] if entries[-1].new == self.serial else None
+        return None
+
+    def subscribe_serial(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(serial)` every time the serial moves (NOTIFY)."""
+        self._serial_subscribers.append(callback)
 
     # ---- subscribing ----------------------------------------------------------------------------
 
@@ -201,8 +369,13 @@ class ZoneIndex:
         services: Iterable[ServiceRecord],
         slices: Iterable[SliceRecord],
         namespaces: Iterable[str] = (),
+        version: int | None = None,
     ) -> int:
-        """Make the index hold exactly this state, touching only what differs; returns #services changed."""
+        """Make the index hold exactly this state, touching only what differs; returns #services changed.
+
+        `version` is the source's version of this state (the serial design in the module docstring).
+        """
+        self.see_version(version)
         changed: set[str] = set()
         count = self._replace(tuple(services), tuple(slices), frozenset(namespaces), changed)
         self._commit(changed)
@@ -230,6 +403,7 @@ class ZoneIndex:
     def follow(self, ops: list[Op], serial: int) -> None:
         """Apply a batch published by the watching process, and take its serial."""
         changed: set[str] = set()
+        was_synced = self.synced
         for op in ops:
             kind = op[0]
             if kind == "put_service":
@@ -244,7 +418,12 @@ class ZoneIndex:
                 self._replace(op[1], op[2], op[3], changed)
             elif kind == "synced":
                 self.synced = True
-        self.serial = serial
+            elif kind == "version":
+                self.see_version(op[1])
+        if changed:
+            self._dirty = True
+        if serial != self.serial:
+            self._move_serial(serial, journal=was_synced)
         self._notify(changed)  # always: the serial (in every SOA-bearing answer) may have moved
 
     def _record(self, op: Op) -> None:
@@ -282,31 +461,43 @@ class ZoneIndex:
             self._apply(("service", *key), self._service_records(key), changed)
         return len(affected)
 
-    def put_service(self, record: ServiceRecord) -> None:
+    def see_version(self, version: int | None) -> None:
+        """The source has seen this version of the data (a resourceVersion, the file's mtime)."""
+        if version is not None and (self._version is None or version > self._version):
+            self._version = version
+            if self._journal is not None:
+                self._journal.append(("version", version))
+
+    def put_service(self, record: ServiceRecord, version: int | None = None) -> None:
         """Add or replace one Service."""
+        self.see_version(version)
         changed: set[str] = set()
         self._put_service(record, changed)
         self._commit(changed)
 
-    def delete_service(self, namespace: str, name: str) -> None:
+    def delete_service(self, namespace: str, name: str, version: int | None = None) -> None:
         """Remove one Service (its slices stay until deleted, as in the API)."""
+        self.see_version(version)
         changed: set[str] = set()
         self._delete_service((namespace, name), changed)
         self._commit(changed)
 
-    def put_slice(self, record: SliceRecord) -> None:
+    def put_slice(self, record: SliceRecord, version: int | None = None) -> None:
         """Add or replace one EndpointSlice."""
+        self.see_version(version)
         changed: set[str] = set()
         self._put_slice(record, changed)
         self._commit(changed)
 
-    def delete_slice(self, namespace: str, name: str) -> None:
+    def delete_slice(self, namespace: str, name: str, version: int | None = None) -> None:
         """Remove one EndpointSlice."""
+        self.see_version(version)
         changed: set[str] = set()
         self._delete_slice((namespace, name), changed)
         self._commit(changed)
 
-    async def resync_services(self, records: Iterable[ServiceRecord], namespace: str | None = None) -> int:
+    async def resync_services(self, records: Iterable[ServiceRecord], namespace: str | None = None,
+                              version: int | None = None) -> int:
         """Make the Services (of `namespace`, or all) exactly `records`; returns how many changed.
 
         For a relist: it diffs like `replace` but yields to the event loop every `RESYNC_STEP`
@@ -315,10 +506,13 @@ class ZoneIndex:
         names that did not change never vanish. Only this kind is touched: the other kind's watch
         may keep delivering events in between.
         """
+        self.see_version(version)
         return await self._resync(self.services, records, namespace, self._put_service, self._delete_service)
 
-    async def resync_slices(self, records: Iterable[SliceRecord], namespace: str | None = None) -> int:
+    async def resync_slices(self, records: Iterable[SliceRecord], namespace: str | None = None,
+                            version: int | None = None) -> int:
         """`resync_services` for EndpointSlices."""
+        self.see_version(version)
         return await self._resync(self.slices, records, namespace, self._put_slice, self._delete_slice)
 
     async def _resync(
@@ -336,15 +530,19 @@ class ZoneIndex:
         work.extend(new.items())
         changed: set[str] = set()
         count = 0
-        for done, (key, record) in enumerate(work, 1):
-            if record is None:
-                count += delete(key, changed)
-            else:
-                count += put(record, changed)
-            if done % RESYNC_STEP == 0:
-                self._commit(changed)
-                changed = set()
-                await asyncio.sleep(0)
+        self._batch += 1
+        try:
+            for done, (key, record) in enumerate(work, 1):
+                if record is None:
+                    count += delete(key, changed)
+                else:
+                    count += put(record, changed)
+                if done % RESYNC_STEP == 0:
+                    self._commit(changed)
+                    changed = set()
+                    await asyncio.sleep(0)
+        finally:
+            self._batch -= 1
         self._commit(changed)
         return count
 
@@ -396,14 +594,84 @@ class ZoneIndex:
         self._apply(("service", *key), self._service_records(key), changed)
 
     def _commit(self, changed: set[str], force: bool = False) -> None:
+        serial_before = self.serial
         if changed:
-            self.serial = max(self.serial + 1, int(time.time())) & 0xFFFFFFFF
+            self._dirty = True
+        if not self._batch:
+            version = None if self._version is None else self._version & 0xFFFFFFFF
+            if not self._based:
+                # Until the first full sync (and at it) the serial is the version itself, so that
+                # replicas whose informers finished their lists in a different order agree.
+                if version is not None and version != self.serial:
+                    self._move_serial(version, journal=False)
+                elif self._dirty and version is None:
+                    self._move_serial((self.serial + 1) & 0xFFFFFFFF, journal=False)
+                self._dirty = False
+                self._version_used = self._version
+                self._based = self.synced
+            elif self._dirty or self._version != self._version_used:
+                if version is not None and serial_gt(version, self.serial):
+                    self._move_serial(version)
+                else:
+                    self._move_serial((self.serial + 1) & 0xFFFFFFFF)
+                self._version_used = self._version
         if self._journal:
             ops, self._journal = self._journal, []
             if self._publish is not None:
                 self._publish(ops, self.serial)
-        if changed or force:
-            self._notify(changed)
+        if changed or force or self.serial != serial_before:
+            self._notify(changed)  # a moved serial alone changes every SOA-bearing answer
+
+    def _move_serial(self, serial: int, journal: bool = True) -> None:
+        """The serial moves: the pending diff becomes the journal entry from the old serial to this one.
+
+        `journal=False` for the first serial of a full state (nothing before it to diff against).
+        """
+        old = self.serial
+        self.serial = serial
+        self._dirty = False
+        if journal and self.synced and old != serial and self.journal_limit:
+            # Sorted: the order of a diff must not depend on set iteration (hash seeds differ between
+            # processes), so that every --workers process sends the same bytes for the same IXFR.
+            deleted = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_del.items()), key=_rr_order))
+            added = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_add.items()), key=_rr_order))
+            self.journal.append(JournalEntry(old, serial, deleted, added))
+            self.journal_records += len(deleted) + len(added)
+            while self.journal and (len(self.journal) > self.journal_limit
+                                    or self.journal_records > MAX_JOURNAL_RECORDS):
+                dropped = self.journal.popleft()
+                self.journal_records -= len(dropped.deleted) + len(dropped.added)
+        self._pending_del = {}
+        self._pending_add = {}
+        for callback in self._serial_subscribers:
+            callback(serial)
+
+    def _track(self, name: str, before: dict[int, RRset]) -> None:
+        """Diff one name's records before and after a change into the pending diff (exact, see above)."""
+        after = self.rrsets_at(name)
+        if before == after:
+            return
+        pending_del, pending_add = self._pending_del, self._pending_add
+        for rtype, (ttl, rdatas) in before.items():
+            new = after.get(rtype)
+            for rdata in rdatas:
+                if new is not None and new[0] == ttl and rdata in new[1]:
+                    continue
+                key = (name, rtype, rdata)
+                if pending_add.get(key) == ttl:
+                    del pending_add[key]  # added earlier in this serial: the net change is nothing
+                else:
+                    pending_del[key] = ttl
+        for rtype, (ttl, rdatas) in after.items():
+            old = before.get(rtype)
+            for rdata in rdatas:
+                if old is not None and old[0] == ttl and rdata in old[1]:
+                    continue
+                key = (name, rtype, rdata)
+                if pending_del.get(key) == ttl:
+                    del pending_del[key]  # deleted earlier in this serial: back as it was
+                else:
+                    pending_add[key] = ttl
 
     def _notify(self, changed: set[str]) -> None:
         for callback in self._subscribers:
@@ -413,11 +681,30 @@ class ZoneIndex:
         return self.find_apex(name) is not None
 
     def _apply(self, owner: Owner, new: Records, changed: set[str]) -> None:
-        """Replace one owner's contribution by `new`, recording every owner name that changed."""
+        """Replace one owner's contribution by `new`, recording every owner name that changed.
+
+        With a journal (after the first sync) or an open transfer snapshot, the records of each name
+        about to change are read first, to diff them into the journal and save them for the readers.
+        """
         old_flat = self._contributions.get(owner, ())
         new_flat = _flatten(new)
         if old_flat == new_flat:
             return
+        tracking = (self.synced and self.journal_limit) or self._readers
+        if not tracking:
+            self._apply_flat(owner, new, old_flat, new_flat, changed)
+            return
+        names = {entry[0] for entry in old_flat} | {entry[0] for entry in new_flat}
+        before = {name: self.rrsets_at(name) for name in names}
+        for reader in self._readers:
+            for name, records in before.items():
+                reader.overlay.setdefault(name, records)
+        self._apply_flat(owner, new, old_flat, new_flat, changed)
+        if self.synced and self.journal_limit:
+            for name, records in before.items():
+                self._track(name, records)
+
+    def _apply_flat(self, owner: Owner, new: Records, old_flat: Flat, new_flat: Flat, changed: set[str]) -> None:
         old = _unflatten(old_flat)
         for name in old.keys() - new.keys():
             self._withdraw(owner, name, old[name])
@@ -499,6 +786,10 @@ class ZoneIndex:
             return {}
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         return records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+
+
+def _rr_order(record: XfrRR) -> tuple[str, int, str]:
+    return record[0], record[1], repr(record[3])
 
 
 def _flatten(records: Records) -> Flat:

@@ -134,7 +134,7 @@ class MissingTool(RuntimeError):
 
 
 #: Debian packages of the tools whose names differ from their package's.
-PACKAGES = {"knotd": "knot", "taskset": "util-linux"}
+PACKAGES = {"knotd": "knot", "taskset": "util-linux", "named": "bind9", "tsig-keygen": "bind9"}
 
 
 def require(tool: str) -> str:

@@ -55,8 +55,8 @@ CRD_KINDS = {"ServiceMonitor"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 #: dnsd options the chart sets itself (listen, http: the container ports) or never exposes (the source
 #: is always the live cluster, with the in-cluster credentials; no root hints or trust anchor file is
-#: mounted: the bundled ones serve).
-CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints", "trust_anchor"}
+#: mounted: the bundled ones serve; TSIG key files come from the Secret named in `tsig`).
+CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints", "trust_anchor", "tsig_key_file"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -650,3 +650,60 @@ def test_notes_print_the_delegation_and_coredns_stanza(helm: str) -> None:
     )
     assert re.search(r"ns1\.example\.org\.\s+IN\s+AAAA\s+2001:db8::99", lb)
     assert "WARNING" not in lb
+
+
+def test_hidden_primary_values_mount_the_tsig_secret_and_dnsd_transfers_with_them(helm: str, tmp_path: Path) -> None:
+    """tsig.existingSecret + files become a read-only Secret volume and `tsig_key_file`s; the rendered config,
+    with the key file put where the Secret would be, makes a real dnsd answer a signed AXFR and NOTIFY."""
+    import socket
+
+    import dns.tsigkeyring
+    import dns.zone
+
+    from tests.secondaries import key_file
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as secondary:
+        secondary.bind(("127.0.0.1", 0))
+        secondary.settimeout(20)
+        values = write_values(tmp_path, {
+            "tsig": {"existingSecret": "dnsd-tsig", "files": ["xfr-key.key"]},
+            "config": {"transfer_allow": ["2001:db8:100::/64=xfr-key", "127.0.0.1/32=xfr-key"],
+                       "notify": [f"127.0.0.1:{secondary.getsockname()[1]}=xfr-key"], "ixfr_journal": 50},
+        })
+        objects = render(helm, values)
+        for obj in objects:
+            if obj["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+        pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "tsig"]
+        assert volume["secret"] == {"secretName": "dnsd-tsig", "defaultMode": 0o400,
+                                    "items": [{"key": "xfr-key.key", "path": "xfr-key.key"}]}
+        (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tsig"]
+        assert mount == {"name": "tsig", "mountPath": "/etc/dnsd/tsig", "readOnly": True}
+        config = dnsd_yaml(objects)
+        assert config["tsig_key_file"] == ["/etc/dnsd/tsig/xfr-key.key"]
+        assert config["transfer_allow"] == ["2001:db8:100::/64=xfr-key", "127.0.0.1/32=xfr-key"]
+        assert "tsig_key_file" not in dnsd_yaml(render(helm))  # nothing without the Secret
+
+        path, secret = key_file(tmp_path, "xfr-key")
+        config["tsig_key_file"] = [str(path)]
+        config_path = tmp_path / "dnsd.yaml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        port = free_port()
+        log = tmp_path / "dnsd.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", "dnsd", "--config", str(config_path),
+                                        *example_flags(port)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                query_soa(process, port, config["zone"], log)
+                notify = dns.message.from_wire(secondary.recvfrom(4096)[0], keyring=dns.tsigkeyring.from_text(
+                    {"xfr-key": ("hmac-sha256", secret)}))
+                assert notify.opcode() == 4 and notify.had_tsig
+                zone = dns.zone.Zone(config["zone"])
+                axfr = dns.message.make_query(config["zone"], "AXFR")
+                axfr.use_tsig(dns.tsigkeyring.from_text({"xfr-key": ("hmac-sha256", secret)}), "xfr-key")
+                dns.query.inbound_xfr("127.0.0.1", zone, axfr, port=port, timeout=10)
+            finally:
+                stop(process)
+    assert zone.get_soa().serial == notify.answer[0][0].serial
+    assert len(zone.nodes) > 10

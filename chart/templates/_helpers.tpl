@@ -95,6 +95,15 @@ The HTTP side listens on the first of listenFamilies (the family kubelet probes 
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "listen" $listen }}
+{{- if .Values.tsig.existingSecret }}
+{{- $keyFiles := list }}
+{{- range .Values.tsig.files }}
+{{- $keyFiles = append $keyFiles (printf "/etc/dnsd/tsig/%s" .) }}
+{{- end }}
+{{- if $keyFiles }}
+{{- $_ := set $cfg "tsig_key_file" $keyFiles }}
+{{- end }}
+{{- end }}
 {{- if eq (first .Values.listenFamilies) "IPv6" }}
 {{- $_ := set $cfg "http" (printf "[::]:%s" (include "dnsd.httpPort" .)) }}
 {{- else }}

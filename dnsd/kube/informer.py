@@ -136,6 +136,14 @@ def _object_key(obj: dict[str, Any]) -> tuple[str, str] | None:
     return namespace.lower(), name.lower()
 
 
+def _version(rv: str | None) -> int | None:
+    """A resourceVersion as the zone's version of the data (etcd revisions are integers in practice;
+    anything else is opaque and leaves the serial to count on its own)."""
+    if rv is not None and rv.isdigit():
+        return int(rv)
+    return None
+
+
 def _resource_version(obj: Any) -> str | None:
     if isinstance(obj, dict):
         meta = obj.get("metadata")
@@ -177,6 +185,8 @@ class _Informer:
         self._on_listed = on_listed
         self.resource_version: str | None = None
         self._invalid: set[tuple[str, str]] = set()
+        #: The highest resourceVersion among the objects of the last LIST: the zone's version of them.
+        self.listed_version: int | None = None
         self._failures = 0
         self._last_failure: str | None = None
         self._expired = 0
@@ -339,7 +349,11 @@ class _Informer:
         return response
 
     async def _list(self) -> tuple[list[Record], str]:
-        """All objects of this kind and scope, page by page, and the list's resourceVersion."""
+        """All objects of this kind and scope, page by page, and the list's resourceVersion.
+
+        The highest resourceVersion of the listed objects is kept in `listed_version` (the serial).
+        """
+        self.listed_version = None
         records: list[Record] = []
         invalid: set[tuple[str, str]] = set()
         token: str | None = None
@@ -362,6 +376,9 @@ class _Informer:
             if not isinstance(page, dict):
                 raise ValueError("LIST answer is not a JSON object")
             for item in page.get("items") or ():
+                version = _version(_resource_version(item))
+                if version is not None and (self.listed_version is None or version > self.listed_version):
+                    self.listed_version = version
                 record = self._convert(item, invalid)
                 if record is not None:
                     records.append(record)
@@ -379,9 +396,11 @@ class _Informer:
         records, rv = await self._list()
         zone = self._zone
         if self.kind is SERVICES:
-            await zone.resync_services([r for r in records if isinstance(r, ServiceRecord)], self.namespace)
+            await zone.resync_services([r for r in records if isinstance(r, ServiceRecord)], self.namespace,
+                                       self.listed_version)
         else:
-            await zone.resync_slices([r for r in records if isinstance(r, SliceRecord)], self.namespace)
+            await zone.resync_slices([r for r in records if isinstance(r, SliceRecord)], self.namespace,
+                                     self.listed_version)
         self.resource_version = rv
         metrics.SOURCE_LAST_SYNC.labels(self.kind.label).set(time.time())
         logger.debug(
@@ -478,15 +497,16 @@ class _Informer:
             if record is not None:
                 self._invalid.discard(key)
         zone = self._zone
+        version = _version(_resource_version(obj))
         if self.kind is SERVICES:
             if isinstance(record, ServiceRecord):
-                zone.put_service(record)
+                zone.put_service(record, version)
             else:
-                zone.delete_service(*key)
+                zone.delete_service(*key, version=version)
         elif isinstance(record, SliceRecord):
-            zone.put_slice(record)
+            zone.put_slice(record, version)
         else:
-            zone.delete_slice(*key)
+            zone.delete_slice(*key, version=version)
 
 
 class KubernetesSource:

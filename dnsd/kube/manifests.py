@@ -168,7 +168,9 @@ class ManifestSource:
             services = [s for s in services if s.namespace in self.only_namespaces]
             slices = [s for s in slices if s.namespace in self.only_namespaces]
             namespaces = [n for n in namespaces if n in self.only_namespaces]
-        changed = self.zone.replace(services, slices, namespaces)
+        # The file's version of the data is its mtime in seconds (the serial design in dnsd.zone).
+        version = self._identity[2] // 1_000_000_000 if self._identity is not None else None
+        changed = self.zone.replace(services, slices, namespaces, version)
         self._digest = digest
         metrics.SOURCE_EVENTS.labels(kind="file", type="RELOAD").inc()
         metrics.SOURCE_LAST_SYNC.labels(kind="file").set_to_current_time()

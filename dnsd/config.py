@@ -86,6 +86,7 @@ class Config:
     tcp_max_per_client: int = 64
     recursion_max_outstanding: int = 4096
     recursion_max_per_client: int = 1024
+    recursion_max_per_zone: int = 100
     lame_duck: float = 5.0
     query_log_sample: float = 0.0
     dns64_exclude: tuple[ipaddress.IPv6Network, ...] = ()
@@ -388,6 +389,9 @@ OPTIONS: tuple[Option, ...] = (
            "recursive queries in progress at once; beyond it clients get SERVFAIL (default 4096)", metavar="N"),
     Option("recursion_max_per_client", parse_int(1, 1_000_000),
            "recursive queries in progress at once per client address (default 1024)", metavar="N"),
+    Option("recursion_max_per_zone", parse_int(1, 1_000_000),
+           "recursive queries in progress at once towards one zone's servers; beyond it a query for that "
+           "zone gets SERVFAIL (default 100)", metavar="N"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

@@ -27,7 +27,7 @@ from dnsd import dns64, metrics
 from dnsd.config import Config
 from dnsd.recursor import hints as root_hints
 from dnsd.recursor import upstream
-from dnsd.recursor.cache import Answer, Cache
+from dnsd.recursor.cache import NAME_WIDE, Answer, Cache
 from dnsd.recursor.chain import Budget, ResolveError
 from dnsd.recursor.forwarder import Forwarder
 from dnsd.recursor.iterator import Iterator
@@ -36,6 +36,7 @@ from dnsd.recursor.message import (
     CLASS_IN,
     CNAME,
     NOERROR,
+    NOTIMP,
     NXDOMAIN,
     PTR,
     RR,
@@ -50,6 +51,14 @@ from dnsd.recursor.message import (
 from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, opt_record
 
 _HEADER = struct.Struct("!HHHHHH")
+#: Failures caused by this query or by dnsd's own limits, not by the name's servers: not cached.
+_OWN_FAILURES = frozenset({"budget", "zone_limit", "cancelled", "deadlock", "off"})
+
+
+def is_meta_qtype(qtype: int) -> bool:
+    """RFC 6895 3.1: type 0 and 65535 are reserved, OPT (41) and 128-254 are meta types or
+    transfer/signature qtypes that a resolver never looks up (ANY, 255, is answered)."""
+    return qtype in (0, 41, 65535) or 128 <= qtype <= 254
 
 
 class CacheMiss(Exception):  # control flow for RD=0 queries, not an error
@@ -74,6 +83,7 @@ class Settings:
     port: int = 53                  # name servers' port in iterate mode
     cache_entries: int = 100_000
     cache_bytes: int = 64 * 1024 * 1024
+    delegation_bytes: int = 16 * 1024 * 1024
 
 
 class Recursor:
@@ -93,18 +103,24 @@ class Recursor:
             self.engine = Forwarder(config.forwarder, self.infra, timeout=settings.timeout,
                                     retries=settings.retries)
         elif config.recursion == "iterate":
-            self.engine = Iterator(self.cache, self.infra, self.nat64,
-                                   root_hints.load(config.root_hints), port=settings.port,
-                                   timeout=settings.timeout, retries=settings.retries)
+            hints = root_hints.load(config.root_hints)
+            policy = upstream.AddressPolicy(
+                [a for addrs in hints.values() for a in addrs],
+                [(e.host, e.port) for e in config.listen], settings.port)
+            self.engine = Iterator(self.cache, self.infra, self.nat64, hints, port=settings.port,
+                                   timeout=settings.timeout, retries=settings.retries,
+                                   max_delegation_bytes=settings.delegation_bytes,
+                                   max_per_zone=config.recursion_max_per_zone, policy=policy)
         self._inflight: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
 
     async def start(self) -> None:
         """Nothing to open: every upstream query uses its own socket (random port per query)."""
 
     async def close(self) -> None:
-        for future in self._inflight.values():
+        """Cancel the shared lookups; each one's own task removes its entry (clearing the table
+        here made lookups still running fail with KeyError at shutdown)."""
+        for future in list(self._inflight.values()):
             future.cancel()
-        self._inflight.clear()
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""
@@ -121,6 +137,9 @@ class Recursor:
         query was needed), "dns64" (synthesized), "recursion", "refused" or "error"."""
         if query.qclass != CLASS_IN or self.engine is None:
             return self._encode(query, REFUSED, (), (), limit), "refused"
+        if is_meta_qtype(query.qtype):
+            # the handler refuses these already; here too, so that no cache slot is ever reached
+            return self._encode(query, NOTIMP, (), (), limit), "error"
         trace = _Trace()
         try:
             async with asyncio.timeout(self.settings.query_timeout):
@@ -175,6 +194,8 @@ class Recursor:
         """The full answer for (name, qtype): cache first, then one shared resolution."""
         cached = self.cache.get(name, qtype)
         if cached is not None:
+            if cached.failed:
+                raise ResolveError("failed")  # RFC 9520: a recent failure is not retried at once
             return cached
         if cache_only:
             raise CacheMiss
@@ -196,9 +217,15 @@ class Recursor:
                 raise ResolveError("off")
             result = self.cache.put(name, qtype, await self.engine.lookup(name, qtype, Budget()))
             if result.rcode == NXDOMAIN and not result.answer:
-                self.cache.put(name, 0, result)
+                self.cache.put(name, NAME_WIDE, result)
             future.set_result(result)
             return result
+        except ResolveError as exc:
+            if exc.reason not in _OWN_FAILURES:
+                self.cache.put_failure(name, qtype)
+            future.set_exception(exc)
+            future.exception()
+            raise
         except Exception as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
@@ -207,7 +234,8 @@ class Recursor:
             future.cancel()
             raise
         finally:
-            del self._inflight[k]
+            if self._inflight.get(k) is future:
+                del self._inflight[k]
 
     async def _synthesize(self, name: bytes, aaaa: Answer, cache_only: bool,
                           trace: _Trace) -> Answer:
@@ -225,14 +253,13 @@ class Recursor:
         # 5.1.6/5.1.7: the SOA of the negative AAAA answer bounds the synthesized TTL
         soa = next(((rr.ttl, soa_minimum(rr.rdata)) for rr in aaaa.authority if rr.rtype == SOA),
                    None)
+        a: Answer | None
         try:
             a = await self._lookup(name, A, cache_only, trace)
         except (CacheMiss, ResolveError):
-            return aaaa  # no A answer: the AAAA answer stands as it was
-        if a.rcode != NOERROR:
-            return aaaa
+            a = None
         synthesized: list[RR] = []
-        for rr in a.answer:
+        for rr in a.answer if a is not None and a.rcode == NOERROR else ():
             if rr.rtype != A:
                 synthesized.append(rr)  # the CNAME/DNAME chain is kept as it was (5.1.6: other
                 continue                # records of the A answer are copied unchanged)
@@ -240,7 +267,13 @@ class Recursor:
                 synthesized.append(RR(rr.owner, AAAA, CLASS_IN,
                                       dns64.synthesized_ttl(rr.ttl, soa), rdata))
         if not any(rr.rtype == AAAA for rr in synthesized):
-            return aaaa  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
+            # no A, or every A non-global under the WKP (RFC 6052 3.1): nothing to offer. The AAAA
+            # answer stands, except that excluded addresses never reach the client (5.1.4): an
+            # answer of excluded addresses only is a NODATA, with the A answer's SOA when it has one
+            if not addresses:
+                return aaaa
+            authority = a.authority if a is not None and not a.answers(A) else ()
+            return Answer(NOERROR, tuple(rr for rr in aaaa.answer if rr.rtype != AAAA), authority)
         metrics.DNS64_SYNTHESIZED.labels(kind="aaaa").inc()
         trace.synthesized = True
         return Answer(NOERROR, tuple(synthesized), ())

@@ -218,17 +218,16 @@ class Recursor:
             result = self.cache.put(name, qtype, await self.engine.lookup(name, qtype, Budget()))
             if result.rcode == NXDOMAIN and not result.answer:
                 self.cache.put(name, NAME_WIDE, result)
-            future.set_result(result)
+            if not future.done():  # close() may have cancelled it
+                future.set_result(result)
             return result
         except ResolveError as exc:
             if exc.reason not in _OWN_FAILURES:
                 self.cache.put_failure(name, qtype)
-            future.set_exception(exc)
-            future.exception()
+            _fail(future, exc)
             raise
         except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            _fail(future, exc)
             raise
         except BaseException:
             future.cancel()
@@ -315,6 +314,13 @@ class Recursor:
             return header + question + opt
         header = _HEADER.pack(query.id, flags, 1, len(answer), len(authority), arcount)
         return header + question + bytes(body) + opt
+
+
+def _fail(future: asyncio.Future[Answer], exc: Exception) -> None:
+    """Hand `exc` to the waiters of a shared lookup (unless close() cancelled it already)."""
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
 
 
 def _ipv4only_soa() -> RR:

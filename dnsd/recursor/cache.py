@@ -45,8 +45,9 @@ ENTRY_OVERHEAD = 400
 RR_OVERHEAD = 184
 #: The cache key type of a name's NXDOMAIN (covers every type); never a qtype on the wire.
 NAME_WIDE = -1
-#: RFC 9520 section 3.2: a resolution failure is cached at least 1 s (and at most 5 minutes).
-FAILURE_TTL = 1.0
+#: RFC 9520 section 3.2: a resolution failure is cached at least 1 s (and at most 5 minutes);
+#: BIND's servfail-ttl is 1 s, Unbound keeps failed servers out for longer.
+FAILURE_TTL = 5.0
 _SERVFAIL = 2
 _ANY = 255
 

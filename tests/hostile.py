@@ -118,6 +118,8 @@ class Server:
     zones: list[Zone] = field(default_factory=list)
     script: Script | None = None
     silent: bool = False
+    #: UDP queries for which this says True get TC at once, without building the answer (for huge ones)
+    truncate: Callable[[Message], bool] | None = None
     queries: list[tuple[str, int]] = field(default_factory=list)
 
     def count(self, name: str | None = None, rdtype: str | None = None) -> int:
@@ -172,6 +174,11 @@ class _Udp(asyncio.DatagramProtocol):
         if not query.question:
             return
         self.server.queries.append((query.question[0].name.to_text().lower(), query.question[0].rdtype))
+        if self.server.truncate is not None and self.server.truncate(query):
+            truncated = dns.message.make_response(query)
+            truncated.flags |= dns.flags.TC
+            self._send(truncated.to_wire(), addr)
+            return
         reply = self.server.respond(query)
         if reply is None:
             return

@@ -12,6 +12,7 @@ not couple the tests.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import random
 import socket
@@ -38,6 +39,7 @@ from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
 from tests.hostile import (
     ATTACKER,
     DEAD,
+    ROOT,
     ROOT_HINTS,
     VICTIM,
     VICTIM2,
@@ -565,6 +567,23 @@ def test_aaaa_of_only_excluded_addresses_and_no_a_is_nodata(dnsd: DnsdProcess) -
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.answer == []
     assert [rrset.rdtype for rrset in reply.authority] == [dns.rdatatype.SOA]
+
+
+# ---- finding 9: DNS64 PTR for addresses in dnsd's own reverse zones --------------------------------
+
+
+def test_ptr_of_a_synthesized_address_in_a_served_reverse_zone_is_answered_by_the_zone(
+        net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                     "--dns64-prefix", "2001:db8:64::/96", "--reverse-zone", "10.96.0.0/16") as proc:
+        root_before = len(net[ROOT].queries)
+        name = ipaddress.IPv6Address("2001:db8:64::a60:14").reverse_pointer  # 10.96.0.20 embedded
+        reply = ask(proc, name, "PTR")
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert rdata_texts(reply, "CNAME") == ["20.0.96.10.in-addr.arpa."]
+        ptr = rdata_texts(reply, "PTR")
+        assert len(ptr) == 1 and ptr[0].endswith(".c2.k8s.ooo."), ptr
+        assert len(net[ROOT].queries) == root_before  # nothing went upstream
 
 
 # ---- shutdown --------------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ through one cache (`cache.Cache`, positive and RFC 2308 negative answers, TTLs c
 front of one engine: `iterator.Iterator` (from the root hints) or `forwarder.Forwarder`. Concurrent
 identical lookups share one resolution, and every client query has a time limit and a work budget.
 
+The reverse name of a synthesized address is aliased to the embedded IPv4 address's in-addr.arpa
+name (RFC 6147 5.3.1); when that name lies in one of dnsd's own reverse zones (`--reverse-zone`),
+the zone answers it (`zone=`), never an upstream server.
+
 DNS64 lives here rather than in the handler because it needs a second lookup (the A query) and the
 negative AAAA answer's SOA; `dnsd.dns64` holds the rules as pure functions and this module only
 sequences them. The handler never calls `answer` for names in dnsd's own zones, but synthesis is
@@ -22,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
+from typing import Any
 
-from dnsd import dns64, metrics
+from dnsd import authority, dns64, metrics
 from dnsd.config import Config
 from dnsd.recursor import hints as root_hints
 from dnsd.recursor import upstream
@@ -48,7 +53,8 @@ from dnsd.recursor.message import (
     text,
     to_wire,
 )
-from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, opt_record
+from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, Response, opt_record
+from dnsd.zone import ZoneIndex
 
 _HEADER = struct.Struct("!HHHHHH")
 #: Failures caused by this query or by dnsd's own limits, not by the name's servers: not cached.
@@ -89,8 +95,10 @@ class Settings:
 class Recursor:
     """Resolver facade for the handler; see the module docstring."""
 
-    def __init__(self, config: Config, settings: Settings | None = None) -> None:
+    def __init__(self, config: Config, settings: Settings | None = None,
+                 zone: ZoneIndex | None = None) -> None:
         self.config = config
+        self.zone = zone
         self.settings = settings = settings or Settings()
         self.cache = Cache(settings.cache_entries, settings.cache_bytes)
         self.infra = upstream.Infra()
@@ -278,8 +286,13 @@ class Recursor:
         return Answer(NOERROR, tuple(synthesized), ())
 
     async def _ptr(self, name: bytes, target: bytes, cache_only: bool, trace: _Trace) -> Answer:
-        """RFC 6147 5.3.1: alias the prefix's ip6.arpa name to in-addr.arpa and resolve that."""
-        result = await self._lookup(target, PTR, cache_only, trace)
+        """RFC 6147 5.3.1: alias the prefix's ip6.arpa name to in-addr.arpa and resolve that (from
+        dnsd's own reverse zone when it holds the name)."""
+        local = None if self.zone is None else authority.answer(self.zone, text(target), PTR)
+        if local is not None:
+            result = _from_zone(local.response)
+        else:
+            result = await self._lookup(target, PTR, cache_only, trace)
         ttls = [rr.ttl for rr in (*result.answer, *result.authority)]
         ttl = min([dns64.NO_SOA_TTL_CAP, *ttls])
         alias = RR(name, CNAME, CLASS_IN, ttl, target)
@@ -314,6 +327,26 @@ class Recursor:
             return header + question + opt
         header = _HEADER.pack(query.id, flags, 1, len(answer), len(authority), arcount)
         return header + question + bytes(body) + opt
+
+
+def _from_zone(response: Response) -> Answer:
+    """An authoritative zone answer as the recursor's records (names and SOA in wire form)."""
+
+    def records(section: list[Any]) -> tuple[RR, ...]:
+        out = []
+        for owner, rtype, ttl, rdata in section:
+            if isinstance(rdata, str):
+                data = to_wire(rdata)
+            elif isinstance(rdata, tuple) and len(rdata) == 7:  # SOA: mname, rname, five numbers
+                data = to_wire(rdata[0]) + to_wire(rdata[1]) + struct.pack("!IIIII", *rdata[2:])
+            elif isinstance(rdata, tuple):  # SRV: priority, weight, port, target
+                data = struct.pack("!HHH", *rdata[:3]) + to_wire(rdata[3])
+            else:
+                data = bytes(rdata)
+            out.append(RR(to_wire(owner), rtype, CLASS_IN, ttl, data))
+        return tuple(out)
+
+    return Answer(response.rcode, records(response.answer), records(response.authority))
 
 
 def _fail(future: asyncio.Future[Answer], exc: Exception) -> None:

@@ -23,18 +23,23 @@ from collections.abc import Callable, Iterator
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
 
 from dnsd import config, wire
-from dnsd.handler import CachedAnswer, RecursiveStore
+from dnsd.handler import CachedAnswer, Handler, RecursiveStore
+from dnsd.metrics import QueryStats
 from dnsd.recursor import Recursor, Settings
 from dnsd.recursor.cache import NAME_WIDE, Answer, Cache
+from dnsd.recursor.chain import Budget
 from dnsd.recursor.iterator import MAX_NS_PER_DELEGATION, RTT_BAND
 from dnsd.recursor.iterator import Iterator as Iterating
 from dnsd.recursor.message import RR, to_wire
 from dnsd.recursor.upstream import AddressPolicy, Infra, Nat64
+from dnsd.zone import ZoneIndex
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
 from tests.hostile import (
     ATTACKER,
@@ -329,21 +334,52 @@ def test_fast_path_store_of_recursive_answers_has_a_byte_budget() -> None:
     assert store.bytes == sum(entry.size for entry in store.values())
 
 
+class _BigEngine:
+    """An upstream that answers `big.*` with 300 A records (4.8 KB) and anything else with three."""
+
+    async def lookup(self, qname: bytes, qtype: int, budget: Budget) -> Answer:
+        count = 300 if qname.startswith(b"\x03big") else 3
+        return Answer(0, tuple(RR(qname, 1, 1, 300, bytes((10, 0, i // 250, i % 250))) for i in range(count)))
+
+
+async def test_huge_recursive_answers_are_not_kept_in_the_fast_path_store() -> None:
+    cfg = config.from_mapping({"zone": "c2.k8s.ooo", "recursion": "forward", "forwarder": ["127.0.0.1:9"]})
+    zone = ZoneIndex(cfg)
+    zone.mark_synced()
+    rec = Recursor(cfg)
+    rec.engine = _BigEngine()  # type: ignore[assignment]
+    handler = Handler(cfg, zone, QueryStats(), rec)
+    queries = {name: dns.message.make_query(name, "A").to_wire() for name in ("big.example", "small.example")}
+    for name, data in queries.items():
+        reply = handler.respond(data, "127.0.0.1", True)  # over TCP: no size limit
+        assert reply is not None
+        answer = reply if isinstance(reply, bytes) else await reply
+        assert answer is not None
+        assert sum(len(r) for r in dns.message.from_wire(answer).answer) == (300 if name == "big.example" else 3)
+    assert handler.fast(queries["small.example"], "127.0.0.1", True) is not None
+    assert handler.fast(queries["big.example"], "127.0.0.1", True) is None  # served by the slow path
+    assert handler._recursive.bytes == sum(entry.size for entry in handler._recursive.values())
+
+
+#: 2,500 NS names (the referral needs TCP), glueless, in a zone that does not exist: built once, the
+#: fake servers are one Python thread
+_FARM = [dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.NS, f"ns{i}.farm.attacker.") for i in range(2500)]
+
+
 @attack(".fat.attacker.")
 def _fat_referral(query: Message) -> Reply:
-    # finding 3c: a referral with 2,500 NS names (it needs TCP), pointing back at the attacker
-    zone = ".".join(qname_of(query).split(".")[-5:])  # fatN.fat.attacker.
+    # finding 3c: a referral for fatN.fat.attacker. with 2,500 NS names
+    zone = query.question[0].name.split(4)[1]  # x.fatN.fat.attacker. -> fatN.fat.attacker.
     reply = response(query, aa=False)
-    names = [f"ns{i}.{zone}" for i in range(2500)]
-    reply.authority.append(dns.rrset.from_text_list(zone, 3600, "IN", "NS", names))
-    for name in names[:50]:
-        reply.additional.append(dns.rrset.from_text(name, 3600, "IN", "A", ATTACKER))
+    reply.authority.append(dns.rrset.from_rdata_list(zone, 3600, _FARM))
     return reply
 
 
 async def test_fat_referrals_are_capped_and_the_delegation_store_keeps_its_byte_budget(
         net: Network, hints: str) -> None:
-    settings = Settings(timeout=0.5, retries=0, query_timeout=5.0, delegation_bytes=64 * 1024)
+    # generous timeouts: the fake servers share one thread with the referral building (no timeouts
+    # are expected: every server answers)
+    settings = Settings(timeout=3.0, retries=1, query_timeout=15.0, delegation_bytes=64 * 1024)
     rec = Recursor(config.from_mapping({"zone": "c2.k8s.ooo", "recursion": "iterate", "root_hints": hints}),
                    settings)
     engine = rec.engine
@@ -472,7 +508,7 @@ def _lame_delegation(query: Message) -> Reply:
 
 
 async def test_lameness_for_an_attackers_zone_does_not_steer_other_zones(net: Network, hints: str) -> None:
-    settings = Settings(timeout=0.5, retries=0, query_timeout=5.0)
+    settings = Settings(timeout=3.0, retries=1, query_timeout=15.0)
     rec = Recursor(config.from_mapping({"zone": "c2.k8s.ooo", "recursion": "iterate", "root_hints": hints}),
                    settings)
     engine = rec.engine

@@ -21,7 +21,7 @@ import ipaddress
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
@@ -54,6 +54,22 @@ Op = tuple[Any, ...]
 #: Objects a relist diffs between two yields to the event loop (about 5 ms of work).
 RESYNC_STEP = 1000
 RRset = tuple[int, tuple[Rdata, ...]]  # ttl, rdatas
+
+
+class _EveryType:
+    """A collection holding every RR type: what `existence` reports at and below a zone cut."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(65536))
+
+    def __len__(self) -> int:
+        return 65536
+
+
+_EVERY_TYPE = _EveryType()
 Records = dict[str, dict[int, RRset]]  # name -> type -> (ttl, rdatas)
 Flat = tuple[tuple[str, int, int, tuple[Rdata, ...]], ...]  # ((name, type, ttl, rdatas), ...)
 #: One RRset's contributions: (ttl, rdatas, owner) when one owner has it, else {owner: (ttl, rdatas)}.
@@ -126,6 +142,8 @@ class ZoneIndex:
         # name -> type -> Shared. One owner (the common case) is stored as (ttl, rdatas, owner) rather
         # than a dict: at 50,000 services the difference is tens of megabytes.
         self._names: dict[str, dict[int, Shared]] = {}
+        #: Wildcard owners and delegation points, for `existence`: none today (see there).
+        self._cuts: frozenset[str] = frozenset()
         self._present: dict[str, int] = {}
         self._below: dict[str, int] = {}
         # owner -> its records, flattened to ((name, type, ttl, rdatas), ...) for the same reason.
@@ -150,6 +168,29 @@ class ZoneIndex:
     def exists(self, name: str) -> bool:
         """True when the name owns records, is marked present, or is an empty non-terminal."""
         return name in self._present or name in self._below
+
+    def existence(self, name: str) -> tuple[ZoneApex | None, bool, Collection[int]]:
+        """(zone, exists, RR types at the name) in one go: what a negative answer depends on.
+
+        The fast path asks this for every name it has not stored, so it costs what `find_apex` and
+        two dictionary lookups cost. The zone is None outside every served zone. dnsd's zones hold no
+        wildcards and no delegations below their apexes (nothing it serves creates them), so a name's
+        own entry decides whether it exists; `_cuts` is where such names would be listed, and any name
+        at or below one is reported as existing with every type, so that no template answers for it.
+        """
+        apex = self.find_apex(name)
+        if apex is None:
+            return None, False, ()
+        if self._cuts and self._under_cut(name):
+            return apex, True, _EVERY_TYPE
+        types = self._names.get(name)
+        if types is not None:
+            return apex, True, types.keys()
+        return apex, name in self._present or name in self._below, ()
+
+    def _under_cut(self, name: str) -> bool:
+        labels = name.split(".")
+        return any(".".join(labels[i:]) in self._cuts for i in range(len(labels)))
 
     def rrset(self, name: str, rtype: int) -> tuple[int, tuple[Rdata, ...]] | None:
         """(ttl, rdatas) of one RRset, merged across owners (two Services may share a PTR name)."""

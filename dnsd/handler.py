@@ -83,6 +83,10 @@ Verdict = tuple[str, int, bytes, bool]
 _TTL = struct.Struct("!I")
 #: What a label may hold for `_name_text` to spell the name itself (else wire_to_text does), and the dot.
 _PLAIN_TEXT_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
+#: Octets of a plain name's labels (the length octets of labels under 42 octets are none of them).
+_PLAIN_WIRE_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*"
+#: Length octets of labels under 42 octets -> ".": spells a plain wire name (after its first octet).
+_LENGTHS_TO_DOTS = bytes.maketrans(bytes(range(1, 42)), b"." * 41)
 _SOA_TYPE = 6
 _CNAME_TYPE = 5
 
@@ -497,10 +501,7 @@ class Handler:
     def _serve_negative(self, key: bytes, data: bytes, qend: int, limit: int, tcp: bool,
                         started: float) -> bytes | None:
         """NXDOMAIN, NODATA or REFUSED from a template, for a name never seen; None: the slow path decides."""
-        name = _name_text(key)
-        if name is None:
-            return None
-        verdict = self._negative_verdict(key, name)
+        verdict = self._negative_verdict(key)
         if verdict is None:
             return None
         template = self._templates.get(verdict)
@@ -512,32 +513,73 @@ class Handler:
         self.stats.observe(stat[3], time.perf_counter() - started)
         return reply
 
-    def _negative_verdict(self, key: bytes, name: str) -> Verdict | None:
-        """The template key (zone apex, rcode, type + class + flags) of a name-independent answer, or None.
+    def _negative_verdict(self, key: bytes) -> Verdict | None:
+        """The template key (zone apex, rcode, type + class + flags, escaped) of a name-independent answer.
 
         REFUSED: a class other than IN and ANY, or a name outside every zone for a client that may not
         recurse. NXDOMAIN: a name in a synced zone that does not exist. NODATA: a name that exists
         with neither the type asked for nor a CNAME (and not the apex's SOA). Meta and transfer types,
-        ANY, TYPE0 and class ANY are left to the slow path, whose rules for them are not this simple.
+        ANY, TYPE0 and class ANY are left to the slow path, whose rules for them are not this simple;
+        so is a key whose labels do not walk (None).
+
+        The common case of a flood, a plain name in a zone whose first label no existing name has, is
+        settled on the wire form: one walk over the length octets (which also checks that the zone's
+        apex starts on a label boundary) and one dictionary lookup, without spelling the name.
         """
         tail = key[-5:]
         qtype = (tail[0] << 8) | tail[1]
         if qtype == 0 or qtype == wire.OPT or 127 < qtype < 256:
             return None
+        end = len(key) - 6  # the name's terminating zero
+        if end > 254:
+            return None
+        name_wire = key[: end + 1]
+        zone = self.zone
+        apex, apex_at = zone.apex_of_wire(name_wire)
+        at = labels = 0
+        boundary = apex_at == 0
+        big = False
+        while at < end:
+            length = key[at]
+            if length > 41:  # long labels: their length octet may read as a plain character
+                if length > 63:
+                    return None
+                big = True
+            at += 1 + length
+            labels += 1
+            if at == apex_at:
+                boundary = True
+        if at != end:
+            return None  # a zero octet inside a label
         if tail[2:4] != b"\x00\x01":
             return None if tail[2:4] == b"\x00\xff" else ("", wire.REFUSED, tail, False)
-        apex, exists, types = self.zone.existence(name)
-        if apex is None:
+        plain = not big and len(name_wire.translate(None, _PLAIN_WIRE_BYTES)) == labels + 1
+        if plain and (boundary or apex is None):
+            if apex is None:  # no zone's apex ends the name: outside (escapes cannot hide one)
+                if self.recursor is not None and tail[4] & _FLAG_RECURSE:
+                    return None
+                return ("", wire.REFUSED, tail, False)
+            if not zone.synced:
+                return None
+            if apex_at and not zone.first_label_known(key[1 : 1 + key[0]]):
+                return (apex.name, wire.NXDOMAIN, tail, False)
+            name: str | None = name_wire[1:end].translate(_LENGTHS_TO_DOTS).decode("ascii")
+        else:
+            name = _name_text(key)
+        if name is None:
+            return None
+        found, exists, types = zone.existence(name)
+        if found is None:
             if self.recursor is not None and tail[4] & _FLAG_RECURSE:
                 return None
             return ("", wire.REFUSED, tail, False)
-        if not self.zone.synced:
+        if not zone.synced:
             return None
         if not exists:
-            return (apex.name, wire.NXDOMAIN, tail, "\\" in name)
-        if qtype in types or _CNAME_TYPE in types or (qtype == _SOA_TYPE and name == apex.name):
+            return (found.name, wire.NXDOMAIN, tail, "\\" in name)
+        if qtype in types or _CNAME_TYPE in types or (qtype == _SOA_TYPE and name == found.name):
             return None
-        return (apex.name, wire.NOERROR, tail, "\\" in name)
+        return (found.name, wire.NOERROR, tail, "\\" in name)
 
     def slow(self, data: bytes, host: str, tcp: bool) -> Reply:
         """Full decode, decide, encode; stores zone answers for the fast path."""
@@ -598,10 +640,9 @@ class Handler:
         if found is None or not self.zone.synced:
             return
         key, qend, _ = found
-        name = _name_text(key)
-        if name is None:
+        if _name_text(key) is None:
             return
-        verdict = self._negative_verdict(key, name)
+        verdict = self._negative_verdict(key)
         if verdict is not None:
             if verdict[1] != rcode:
                 return  # the slow path decided otherwise (it is the reference): learn nothing

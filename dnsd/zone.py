@@ -144,6 +144,11 @@ class ZoneIndex:
         self._names: dict[str, dict[int, Shared]] = {}
         #: Wildcard owners and delegation points, for `existence`: none today (see there).
         self._cuts: frozenset[str] = frozenset()
+        #: First label (wire octets) of every existing name -> how many entries of _present/_below have
+        #: it: a name whose first label is not here does not exist, whatever follows (`first_label_known`).
+        self._first_labels: dict[bytes, int] = {}
+        #: (wire form of each apex, the apex), most specific first, for `apex_of_wire`.
+        self._apex_wires: tuple[tuple[bytes, ZoneApex], ...] = ()
         self._present: dict[str, int] = {}
         self._below: dict[str, int] = {}
         # owner -> its records, flattened to ((name, type, ttl, rdatas), ...) for the same reason.
@@ -151,6 +156,7 @@ class ZoneIndex:
         self._subscribers: list[Callable[[set[str]], None]] = []
         self._journal: list[Op] | None = None  # operations since the last commit, when publishing
         self._publish: Callable[[list[Op], int], None] | None = None
+        self._apex_wires = tuple(sorted(((_wire(z.name), z) for z in self.apexes), key=lambda item: -len(item[0])))
         self._apply(("static",), self._static_records(), set())
 
     # ---- reading -------------------------------------------------------------------------------
@@ -187,6 +193,33 @@ class ZoneIndex:
         if types is not None:
             return apex, True, types.keys()
         return apex, name in self._present or name in self._below, ()
+
+    def apex_of_wire(self, name: bytes) -> tuple[ZoneApex | None, int]:
+        """(the most specific zone whose wire apex ends `name`, where that apex starts in it).
+
+        `name` is a lower-case wire name; the caller checks that the offset is a label boundary.
+        """
+        for apex_wire, apex in self._apex_wires:
+            if name.endswith(apex_wire):
+                return apex, len(name) - len(apex_wire)
+        return None, -1
+
+    def first_label_known(self, label: bytes) -> bool:
+        """False when no existing name starts with this (lower-case, plain) label: the name is NXDOMAIN.
+
+        The fast path asks this before spelling a never-seen name: a random-subdomain flood's first
+        labels are random, so one dictionary lookup settles most of them. Cuts (see `existence`)
+        count as known, so that no template ever answers below one.
+        """
+        return label in self._first_labels or bool(self._cuts)
+
+    def _count_first_label(self, name: str, delta: int) -> None:
+        label = name.split(".", 1)[0].encode()
+        count = self._first_labels.get(label, 0) + delta
+        if count:
+            self._first_labels[label] = count
+        else:
+            del self._first_labels[label]
 
     def _under_cut(self, name: str) -> bool:
         labels = name.split(".")
@@ -471,6 +504,7 @@ class ZoneIndex:
                 name = sys.intern(name)
                 self._present[name] = self._present.get(name, 0) + 1
                 if self._present[name] == 1:
+                    self._count_first_label(name, +1)
                     self._adjust_ancestors(name, +1)
             else:
                 self._remove_types(owner, name, previous)
@@ -492,6 +526,7 @@ class ZoneIndex:
             self._present[name] = count
         else:
             del self._present[name]
+            self._count_first_label(name, -1)
             self._adjust_ancestors(name, -1)
 
     def _remove_types(self, owner: Owner, name: str, types: dict[int, RRset]) -> None:
@@ -510,11 +545,14 @@ class ZoneIndex:
         labels = name.split(".")
         for i in range(1, len(labels)):
             ancestor = sys.intern(".".join(labels[i:]))
-            count = self._below.get(ancestor, 0) + delta
+            before = self._below.get(ancestor, 0)
+            count = before + delta
             if count:
                 self._below[ancestor] = count
             else:
                 self._below.pop(ancestor, None)
+            if not before or not count:
+                self._count_first_label(ancestor, +1 if count else -1)
             if ancestor in self._apex_names:
                 break
 
@@ -540,6 +578,11 @@ class ZoneIndex:
             return {}
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         return records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+
+
+def _wire(name: str) -> bytes:
+    """Wire form of a plain dotted name ("" is the root)."""
+    return b"".join(bytes((len(label),)) + label.encode() for label in name.split(".") if label) + b"\x00"
 
 
 def _flatten(records: Records) -> Flat:

@@ -71,6 +71,8 @@ SHAPES = [
     ("{}.default.svc." + Z, "AAAA", "IN", dns.rcode.NXDOMAIN),  # the flood of the issue
     ("{}.{}.shop.svc." + Z, "A", "IN", dns.rcode.NXDOMAIN),
     ("{}." + Z, "TXT", "IN", dns.rcode.NXDOMAIN),
+    ("sample-service.{}.svc." + Z, "AAAA", "IN", dns.rcode.NXDOMAIN),  # a first label that exists elsewhere
+    ("svc.{}." + Z, "A", "IN", dns.rcode.NXDOMAIN),  # the first label of an empty non-terminal
     ("{}.{}.{}.{}." + Z, "HTTPS", "IN", dns.rcode.NXDOMAIN),
     ("{}." + REVERSE, "PTR", "IN", dns.rcode.NXDOMAIN),
     ("{}.example.com", "A", "IN", dns.rcode.REFUSED),
@@ -309,3 +311,29 @@ def test_names_that_need_escapes_get_their_own_template() -> None:
         assert dns.message.from_wire(fast).rcode() == dns.rcode.NXDOMAIN
     plain = _query(f"plain.default.svc.{Z}", "AAAA")
     assert handler.fast(plain, INTERNET, False) is None  # the escaped names' template is not the plain one
+
+
+def test_the_first_label_index_follows_every_change() -> None:
+    """`first_label_known` is what lets a flood's names skip spelling: it must never miss an existing name."""
+    handler = _handler()
+    zone = handler.zone
+
+    def every_first_label() -> set[bytes]:
+        names = set(zone._present) | set(zone._below)
+        return {name.split(".", 1)[0].encode() for name in names}
+
+    assert set(zone._first_labels) == every_first_label()
+    assert zone.first_label_known(b"sample-service") and zone.first_label_known(b"svc")
+    assert not zone.first_label_known(b"lonely")
+    zone.put_service(ServiceRecord("team", "lonely", False, ("2001:db8:42::7",), None, (), False, True, None))
+    assert zone.first_label_known(b"lonely") and zone.first_label_known(b"team")
+    assert set(zone._first_labels) == every_first_label()
+    known = _query(f"lonely.team.svc.{Z}", "AAAA")
+    assert dns.message.from_wire(handler.respond(known, INTERNET, False)).answer  # type: ignore[arg-type]
+    zone.delete_service("team", "lonely")
+    assert not zone.first_label_known(b"lonely") and not zone.first_label_known(b"team")
+    assert set(zone._first_labels) == every_first_label()
+    gone = handler.respond(known, INTERNET, False)
+    assert isinstance(gone, bytes) and gone[3] & 0xF == dns.rcode.NXDOMAIN
+    zone.replace([], [], [])
+    assert set(zone._first_labels) == every_first_label()

@@ -316,6 +316,8 @@ class ZoneIndex:
                 self._delete_slice(op[1], changed)
             elif kind == "replace":
                 self._replace(op[1], op[2], op[3], changed)
+            elif kind == "namespaces":
+                self._set_namespaces(op[1], changed)
             elif kind == "synced":
                 self.synced = True
         self.serial = serial
@@ -379,6 +381,36 @@ class ZoneIndex:
         changed: set[str] = set()
         self._delete_slice((namespace, name), changed)
         self._commit(changed)
+
+    async def resync_all(self, services: Iterable[ServiceRecord], slices: Iterable[SliceRecord],
+                         namespaces: Iterable[str] = ()) -> int:
+        """`replace` in steps that yield to the event loop, for a reload of the manifests file.
+
+        A reload of 2,000 changed Services applied in one piece held the loop for about 50 ms (the
+        soak's p99.9); this applies it like the informer's relist: new Namespaces first (so that no
+        name vanishes in between), then Services and EndpointSlices in steps of `RESYNC_STEP`, each
+        committed whole, then the Namespaces that are gone. Returns how many objects changed.
+        """
+        wanted = frozenset(namespaces)
+        changed: set[str] = set()
+        self._set_namespaces(frozenset(self.namespaces) | wanted, changed)
+        self._commit(changed)
+        count = await self.resync_services(services)
+        count += await self.resync_slices(slices)
+        changed = set()
+        self._set_namespaces(wanted, changed)
+        self._commit(changed)
+        return count
+
+    def _set_namespaces(self, namespaces: frozenset[str], changed: set[str]) -> None:
+        if namespaces == self.namespaces:
+            return
+        self._record(("namespaces", namespaces))
+        for ns in self.namespaces - namespaces:
+            self._apply(("namespace", ns), {}, changed)
+        for ns in namespaces - self.namespaces:
+            self._apply(("namespace", ns), {f"{ns}.svc.{self.cluster_domain}": {}}, changed)
+        self.namespaces = set(namespaces)
 
     async def resync_services(self, records: Iterable[ServiceRecord], namespace: str | None = None) -> int:
         """Make the Services (of `namespace`, or all) exactly `records`; returns how many changed.

@@ -5,7 +5,8 @@ multi-document YAML of Services, EndpointSlices and Namespaces, or the same as J
 loads a hundred times faster: the form for large clusters); other kinds are ignored. It is
 re-read when its identity or modification time changes (checked every `POLL_INTERVAL` seconds: a
 stat call, cheap, and it also sees a ConfigMap volume's symlink swap), and the new state goes through
-`ZoneIndex.replace`, which touches only what differs. Reloads are parsed off the event loop: in a
+`ZoneIndex.replace`, which touches only what differs (a reload through `ZoneIndex.resync_all`, in
+steps that yield to the event loop, as the informer's relist does). Reloads are parsed off the event loop: in a
 thread for small files, in a short-lived child process for large ones (their parse would otherwise
 hold the GIL for seconds and leave its peak memory in the server). A file that cannot be read or parsed logs one
 error and leaves the last good data in place; at start-up there is no good data yet, so the first
@@ -163,18 +164,35 @@ class ManifestSource:
     def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
         if parsed is None:
             return False
+        digest, (services, slices, namespaces) = self._filtered(parsed)
+        changed = self.zone.replace(services, slices, namespaces)
+        self._digest = digest
+        self._applied(services, slices, changed)
+        return True
+
+    async def _apply_stepped(self, parsed: tuple[bytes, Loaded] | None) -> bool:
+        """A reload: the same diff as `_apply`, in steps that yield to the event loop (`ZoneIndex.resync_all`)."""
+        if parsed is None:
+            return False
+        digest, (services, slices, namespaces) = self._filtered(parsed)
+        self._digest = digest  # first: a poll during the steps must not read the same content again
+        changed = await self.zone.resync_all(services, slices, namespaces)
+        self._applied(services, slices, changed)
+        return True
+
+    def _filtered(self, parsed: tuple[bytes, Loaded]) -> tuple[bytes, Loaded]:
         digest, (services, slices, namespaces) = parsed
         if self.only_namespaces:
             services = [s for s in services if s.namespace in self.only_namespaces]
             slices = [s for s in slices if s.namespace in self.only_namespaces]
             namespaces = [n for n in namespaces if n in self.only_namespaces]
-        changed = self.zone.replace(services, slices, namespaces)
-        self._digest = digest
+        return digest, (services, slices, namespaces)
+
+    def _applied(self, services: list[ServiceRecord], slices: list[SliceRecord], changed: int) -> None:
         metrics.SOURCE_EVENTS.labels(kind="file", type="RELOAD").inc()
         metrics.SOURCE_LAST_SYNC.labels(kind="file").set_to_current_time()
         logger.info("loaded %s: %d services, %d endpoint slices, %d changed; serial %d",
                     self.path, len(services), len(slices), changed, self.zone.serial)
-        return True
 
     async def run(self) -> None:
         """Follow the file until cancelled; errors after the first load never stop the loop."""
@@ -184,7 +202,7 @@ class ManifestSource:
             if self._stat() == self._identity:
                 continue
             try:
-                self._apply(await asyncio.to_thread(self._read))
+                await self._apply_stepped(await asyncio.to_thread(self._read))
                 reported = ""
             except SourceError as exc:
                 metrics.SOURCE_ERRORS.labels(source="file").inc()

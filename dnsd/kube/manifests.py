@@ -16,11 +16,13 @@ failure stops dnsd with one line instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL = 0.25
 #: Files larger than this (a few hundred Services) are parsed in a short-lived child process.
 CHILD_PARSE_BYTES = 128 * 1024
+#: Records per pickled piece of a child's result (see `parse_in_pieces`).
+PIECE = 500
 
 Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 
@@ -117,6 +121,41 @@ def parse_bytes(raw: bytes, origin: str, fast_yaml: bool) -> Loaded:
     return parse_manifests(text, origin, fast_yaml)
 
 
+def parse_in_pieces(raw: bytes, origin: str) -> list[bytes]:
+    """In the child process: `parse_bytes` with libyaml, the result pickled in pieces of `PIECE` records.
+
+    The parent unpickles one piece at a time in its reader thread. One pickle of 100,000 records
+    would be unpickled in one C call that holds the GIL (and so the event loop) for tens of
+    milliseconds; pieces of a few hundred hold it for well under one.
+    """
+    services, slices, namespaces = parse_bytes(raw, origin, True)
+    pieces = [pickle.dumps(namespaces)]
+    for records in (services, slices):
+        pieces.append(pickle.dumps(len(records) // PIECE + 1))
+        pieces.extend(pickle.dumps(records[i : i + PIECE]) for i in range(0, len(records) + 1, PIECE))
+    return pieces
+
+
+def _unpickle_pieces(pieces: list[bytes]) -> Loaded:
+    """The inverse of `parse_in_pieces`, one short C call per piece (the GIL is free in between)."""
+    # The pickles come from our own child process (the executor itself pickles its results).
+    feed = iter(pieces)
+    namespaces: list[str] = pickle.loads(next(feed))  # noqa: S301
+    out: list[list[Any]] = []
+    for _ in range(2):
+        records: list[Any] = []
+        for _ in range(pickle.loads(next(feed))):  # noqa: S301
+            records.extend(pickle.loads(next(feed)))  # noqa: S301
+        out.append(records)
+    return out[0], out[1], namespaces
+
+
+def _in_background() -> None:
+    """Initializer of the parsing child: a lower priority, so that on a shared core the server comes first."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
 class ManifestSource:
     """Feeds the zone from a manifests file and follows its changes."""
 
@@ -157,9 +196,11 @@ class ManifestSource:
             return digest, parse_bytes(raw, str(self.path), False)
         # A large file: parse it in a child process that exits afterwards, so that neither the
         # parse's peak memory nor its CPU time (it would hold the GIL) is ever the server's.
+        # At a lower priority, so that a reload of a big file never takes the server's core from it.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as child:
-            return digest, child.submit(parse_bytes, raw, str(self.path), True).result()
+        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_in_background) as child:
+            pieces = child.submit(parse_in_pieces, raw, str(self.path)).result()
+        return digest, _unpickle_pieces(pieces)
 
     def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
         if parsed is None:

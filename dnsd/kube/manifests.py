@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
 import os
 import pickle
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,16 @@ POLL_INTERVAL = 0.25
 CHILD_PARSE_BYTES = 128 * 1024
 #: Records per pickled piece of a child's result (see `parse_in_pieces`).
 PIECE = 500
+#: Files larger than this (about 10,000 Services of YAML) are split into runs of whole objects that
+#: children parse at the same time, one per CPU this process may use (at most `MAX_PARSERS`).
+PARALLEL_PARSE_BYTES = 4 * 1024 * 1024
+MAX_PARSERS = 8
+_LIST_KIND = re.compile(r"^kind:[ \t]*List[ \t]*$", re.M)
+_LIST_ITEMS = re.compile(r"^items:[ \t]*\n", re.M)
+_ITEM_START = re.compile(r"^- ", re.M)
+_AFTER_ITEMS = re.compile(r"^(?!- |[ \t#]|$)", re.M)
+_DOCUMENT_START = re.compile(r"^---[ \t]*$", re.M)
+_TOP_LEVEL_KEY = re.compile(r"[A-Za-z_][\w.-]*:(?:[ \t]|$)", re.M)
 
 Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 
@@ -150,6 +162,61 @@ def _unpickle_pieces(pieces: list[bytes]) -> Loaded:
     return out[0], out[1], namespaces
 
 
+def split_objects(text: str, parts: int) -> list[str] | None:
+    """`text` cut into at most `parts` texts of whole objects, each valid on its own; None if it cannot be.
+
+    Two layouts are cut: kubectl's `kind: List` (items as `- ` at column 0 under `items:`, which no
+    line inside an item can start with: an item's own lines are indented) and multi-document YAML
+    (`---` lines). Parsed one by one and concatenated, the parts give exactly what the whole gives.
+    """
+    if parts < 2 or text.startswith("%") or "\n%" in text:  # directives apply to what follows them
+        return None
+    if _LIST_KIND.search(text):
+        items = _LIST_ITEMS.search(text)
+        if items is None:
+            return None
+        after = _AFTER_ITEMS.search(text, items.end())
+        if after is not None and not _TOP_LEVEL_KEY.match(text, after.start()):
+            return None  # the list does not end in a plain key (a lone "-" item?): do not guess
+        body = text[items.end() : after.start() if after else len(text)]
+        starts = [m.start() for m in _ITEM_START.finditer(body)]
+        if not starts or starts[0] != 0 or len(starts) < parts:
+            return None
+        per = -(-len(starts) // parts)
+        bounds = [*starts[::per], len(body)]
+        return [f"kind: List\nitems:\n{body[a:b]}" for a, b in itertools.pairwise(bounds)]
+    documents = _DOCUMENT_START.split(text)
+    if len(documents) < parts:
+        return None
+    per = -(-len(documents) // parts)
+    return ["\n---\n".join(documents[i : i + per]) for i in range(0, len(documents), per)]
+
+
+def _parse_in_children(raw: bytes, origin: str) -> Loaded:
+    """Parse a large file in short-lived children at a low priority: in parallel when it is big enough."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    parts = None
+    if len(raw) > PARALLEL_PARSE_BYTES and min(cpus, MAX_PARSERS) > 1:
+        with contextlib.suppress(UnicodeDecodeError):
+            parts = split_objects(raw.decode("utf-8"), min(cpus, MAX_PARSERS))
+    if parts:
+        try:
+            with ProcessPoolExecutor(max_workers=len(parts), mp_context=context, initializer=_in_background) as pool:
+                results = [_unpickle_pieces(pieces) for pieces in
+                           pool.map(parse_in_pieces, [part.encode() for part in parts], [origin] * len(parts))]
+            return ([s for r in results for s in r[0]], [s for r in results for s in r[1]],
+                    [n for r in results for n in r[2]])
+        except SourceError:
+            pass  # parse it whole below: the error's line numbers are then the file's own
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_in_background) as child:
+        pieces = child.submit(parse_in_pieces, raw, origin).result()
+    return _unpickle_pieces(pieces)
+
+
 def _in_background() -> None:
     """Initializer of the parsing child: a lower priority, so that on a shared core the server comes first."""
     with contextlib.suppress(OSError):
@@ -197,10 +264,7 @@ class ManifestSource:
         # A large file: parse it in a child process that exits afterwards, so that neither the
         # parse's peak memory nor its CPU time (it would hold the GIL) is ever the server's.
         # At a lower priority, so that a reload of a big file never takes the server's core from it.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_in_background) as child:
-            pieces = child.submit(parse_in_pieces, raw, str(self.path)).result()
-        return digest, _unpickle_pieces(pieces)
+        return digest, _parse_in_children(raw, str(self.path))
 
     def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
         if parsed is None:

@@ -120,9 +120,9 @@ def main() -> None:
     labels = ("udp", "AAAA", "NOERROR", "zone", "stored")
 
     def build(d: bytes) -> bytes:
-        template = entries[d][0]
+        heads, tail = entries[d][0], entries[d][1]
         qend = keys[d][1]  # type: ignore[index]
-        return b"".join((d[:2], bytes((template[2] | (d[2] & 1),)), template[3:12], d[12:qend], template[qend:]))
+        return b"".join((d[:2], heads[d[2] & 1], d[12:qend], tail))
 
     def metrics(d: bytes) -> None:
         stats.count(labels)

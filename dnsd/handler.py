@@ -80,6 +80,9 @@ FastKey = tuple[bytes, int, int]
 #: The slow path never compresses into a question whose name needs escapes (its offsets do not map to
 #: the text), so such names have templates of their own, with the SOA's owner written out.
 Verdict = tuple[str, int, bytes, bool]
+#: A stored answer: (header after the ID with RD clear and with RD set, the bytes after the question,
+#: its length, udp labels, tcp labels, the owner names it was built from).
+StoredAnswer = tuple[tuple[bytes, bytes], bytes, int, "Labels", "Labels", tuple[str, ...]]
 _TTL = struct.Struct("!I")
 #: What a label may hold for `_name_text` to spell the name itself (else wire_to_text does), and the dot.
 _PLAIN_TEXT_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
@@ -319,8 +322,9 @@ class Handler:
         self.acl = Acl(config.allow_recursion)
         self.edns_size = config.edns_udp_size
         self.fast_path = True
-        # key -> (template, udp labels, tcp labels, names it was built from); only names that exist
-        self._responses: dict[bytes, tuple[bytes, Labels, Labels, tuple[str, ...]]] = {}
+        # key -> (header after the ID with RD clear and set, the rest after the question, length, udp
+        # labels, tcp labels, names it was built from); only names that exist are stored
+        self._responses: dict[bytes, StoredAnswer] = {}
         self._templates: dict[Verdict, NegativeTemplate] = {}  # name-independent answers, see Verdict
         # name -> keys of responses built from it; a set, so a key re-stored after an invalidation
         # through another of its names is not listed twice
@@ -371,8 +375,11 @@ class Handler:
             self._evict(MAX_CACHED_RESPONSES // 8)
         qt, rc = qtype_label(qtype), rcode_label(rcode)
         names = tuple(answer.names)
-        self._responses[key] = (_template(response), ("udp", qt, rc, source, "stored"),
-                                ("tcp", qt, rc, source, "stored"), names)
+        head = response[3:12]
+        flags = response[2] & 0xFE
+        self._responses[key] = ((bytes((flags,)) + head, bytes((flags | 1,)) + head), response[found_qend(key):],
+                                len(response), ("udp", qt, rc, source, "stored"), ("tcp", qt, rc, source, "stored"),
+                                names)
         if answer.volatile:
             self._volatile.add(key)
         for name in names:
@@ -382,7 +389,7 @@ class Handler:
         """Drop the `count` oldest stored responses (insertion order): a full store keeps working."""
         responses = self._responses
         for key in list(itertools.islice(responses, count)):
-            _, _, _, names = responses.pop(key)
+            names = responses.pop(key)[5]
             self._volatile.discard(key)
             for name in names:
                 keys = self._keys_by_name.get(name)
@@ -477,9 +484,16 @@ class Handler:
     def _serve(self, found: FastKey, data: bytes, tcp: bool, started: float) -> bytes | None:
         key, qend, limit = found
         entry = self._responses.get(key)
-        if entry is not None:
-            template, udp_labels, tcp_labels, _ = entry
-        elif key[-1] & _FLAG_RECURSE and (cached := self._recursive.get(key)) is not None:
+        if entry is not None:  # the common case, kept to the fewest steps: two slices of the query, one join
+            heads, tail, size, udp_labels, tcp_labels, _ = entry
+            if not tcp and size > limit:
+                return None
+            labels = tcp_labels if tcp else udp_labels
+            reply = b"".join((data[:2], heads[data[2] & 1], data[12:qend], tail))
+            self.stats.count(labels)
+            self.stats.observe(labels[3], time.perf_counter() - started)
+            return reply
+        if key[-1] & _FLAG_RECURSE and (cached := self._recursive.get(key)) is not None:
             # a cached recursive answer, TTLs counted down
             current = cached.at(time.monotonic())
             if current is None:
@@ -728,6 +742,11 @@ class Handler:
                               host, transport, query.qname or ".", query.qtype, rcode_label(rcode),
                               source, len(reply))
         return reply
+
+
+def found_qend(key: bytes) -> int:
+    """Where the question ends in a message whose question is the key's (12 + name + type + class)."""
+    return 12 + len(key) - 1
 
 
 def _template(reply: bytes) -> bytes:

@@ -23,8 +23,9 @@ change, because the serial is in them.
 Under a random-subdomain flood (the commonest attack on an authoritative server) most questions are
 names nobody asked before. Their answers do not depend on the name: NXDOMAIN and NODATA are the
 zone's SOA after a copy of the question, REFUSED is the question alone. So they are never stored per
-name: a fast-path miss walks the question's labels, asks the zone index whether the name exists (one
-dictionary lookup, `ZoneIndex.existence`), and builds the reply from a `NegativeTemplate` per
+name: a fast-path miss walks the question's labels, asks the zone index whether the name exists (a
+dictionary lookup: by its first label for most of a flood's names, `ZoneIndex.first_label_known`, else
+`ZoneIndex.existence`), and builds the reply from a `NegativeTemplate` per
 (zone, rcode, type, class, flags), whose compression pointers are moved to wherever the zone's apex
 sits in this question. The store of per-name answers then only ever holds answers for names that
 exist, so unseen names cannot push known ones out; it is still bounded, and past the bound the oldest
@@ -82,7 +83,7 @@ FastKey = tuple[bytes, int, int]
 Verdict = tuple[str, int, bytes, bool]
 #: A stored answer: (header after the ID with RD clear and with RD set, the bytes after the question,
 #: its length, udp labels, tcp labels, the owner names it was built from).
-StoredAnswer = tuple[tuple[bytes, bytes], bytes, int, "Labels", "Labels", tuple[str, ...]]
+StoredAnswer = tuple[tuple[bytes, bytes], bytes, int, Labels, Labels, tuple[str, ...]]
 _TTL = struct.Struct("!I")
 #: What a label may hold for `_name_text` to spell the name itself (else wire_to_text does), and the dot.
 _PLAIN_TEXT_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
@@ -377,7 +378,7 @@ class Handler:
         names = tuple(answer.names)
         head = response[3:12]
         flags = response[2] & 0xFE
-        self._responses[key] = ((bytes((flags,)) + head, bytes((flags | 1,)) + head), response[found_qend(key):],
+        self._responses[key] = ((bytes((flags,)) + head, bytes((flags | 1,)) + head), response[_question_end(key):],
                                 len(response), ("udp", qt, rc, source, "stored"), ("tcp", qt, rc, source, "stored"),
                                 names)
         if answer.volatile:
@@ -744,7 +745,7 @@ class Handler:
         return reply
 
 
-def found_qend(key: bytes) -> int:
+def _question_end(key: bytes) -> int:
     """Where the question ends in a message whose question is the key's (12 + name + type + class)."""
     return 12 + len(key) - 1
 

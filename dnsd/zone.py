@@ -17,6 +17,7 @@ beyond packing addresses; `authority` turns lookups into responses.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import sys
@@ -264,11 +265,21 @@ class ZoneIndex:
     # ---- writing --------------------------------------------------------------------------------
 
     def mark_synced(self) -> None:
-        """The source has delivered a full state: names in the zone may now be answered."""
+        """The source has delivered a full state: names in the zone may now be answered.
+
+        The first full state is also when the bulk of the process's objects exist, and they live as
+        long as it does: they are collected once and then frozen out of the cyclic garbage collector's
+        way (`gc.freeze`). Otherwise every full collection walks all of them, holding the event loop
+        for 15 to 100 ms with 2,000 Services (measured during reloads: the soak's p99.9). Records
+        that change later are young objects again; none of the zone's structures hold cycles, so
+        what is frozen and later dropped is still freed by its reference count.
+        """
         if not self.synced:
             self.synced = True
             self._record(("synced",))
             self._commit(set(), force=True)
+            gc.collect()
+            gc.freeze()
 
     def replace(
         self,

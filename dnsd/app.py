@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnsd import metrics, xfr
 from dnsd.config import Config
@@ -25,6 +25,9 @@ from dnsd.metrics import QueryStats, register_query_stats
 from dnsd.transport import Listeners
 from dnsd.workers import WorkerPool, follow
 from dnsd.zone import ZoneIndex
+
+if TYPE_CHECKING:
+    from dnsd.dnssec.signer import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +117,27 @@ class App:
         task = asyncio.create_task(kube.run(), name="informer")
         self.tasks.append(task)
 
+    def _make_signer(self) -> Signer:
+        """The signer of every zone with keys in --dnssec-keys (every process signs its own index)."""
+        from dnsd.dnssec import keys as dnssec_keys
+        from dnsd.dnssec.signer import Signer
+
+        directory = self.config.dnssec_keys or ""
+        try:
+            found = dnssec_keys.load_dir(directory)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"dnssec keys: {exc}") from None
+        if not found:
+            raise StartupError(f"dnssec keys: no K*.private files in {self.config.dnssec_keys}")
+        return Signer(self.zone, found)
+
     async def run(self) -> int:
         config = self.config
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor)
+        if config.dnssec_keys:
+            self.handler.signer = self._make_signer()
         if config.transfer_allow or config.notify or config.tsig_key_file:
             try:
                 keys = xfr.load_keys(config)
@@ -127,6 +146,7 @@ class App:
             # Every process answers transfers from its own index (followers hold the same data, serial
             # and journal); only the watching process sends NOTIFY, so secondaries get it once.
             self.handler.transfers = xfr.Transfers(config, self.zone, keys)
+            self.handler.transfers.signer = self.handler.signer
             if config.notify and self.link is None:
                 self.notifier = xfr.Notifier(config, self.zone, keys)
         if config.workers > 1 and self.link is None:

@@ -44,6 +44,7 @@ from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
 from dnsd.zone import ZoneIndex
 
 if TYPE_CHECKING:
+    from dnsd.dnssec.signer import Signer
     from dnsd.xfr import Transfers
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class Handler:
 
     #: AXFR, IXFR, NOTIFY and TSIG-signed queries go here when transfers are configured (`dnsd.xfr`).
     transfers: Transfers | None = None
+    signer: Signer | None = None  # --dnssec-keys: DO=1 zone answers carry RRSIGs and NSEC3
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
                  recursor: Recursor | None = None) -> None:
@@ -370,7 +372,8 @@ class Handler:
             return self._finish(wire.encode_error(query, wire.REFUSED, ra, self.edns_size), query,
                                 wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone, query.qname, query.qtype)
+            result = authority.answer(self.zone, query.qname, query.qtype,
+                                     self.signer if query.edns_do else None)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from dnsd.dnssec.signer import Signer
 
 logger = logging.getLogger(__name__)
+#: Seconds between two runs of the signer's periodic work (key timing, signature refresh).
+SIGNER_TICK = 60.0
 
 
 class App:
@@ -131,13 +133,33 @@ class App:
             raise StartupError(f"dnssec keys: no K*.private files in {self.config.dnssec_keys}")
         return Signer(self.zone, found)
 
+    async def _sign_periodically(self, signer: Signer) -> None:
+        """Once every `SIGNER_TICK` seconds: read the key directory again (a rollover is done by adding
+        files), then let the signer apply key timing and refresh expiring signatures in bounded steps."""
+        from dnsd.dnssec import keys as dnssec_keys
+
+        directory = self.config.dnssec_keys or ""
+        while True:
+            await asyncio.sleep(SIGNER_TICK)
+            try:
+                found: list[Any] | None = dnssec_keys.load_dir(directory) or None
+            except (OSError, ValueError) as exc:
+                logger.warning("dnssec keys: %s; signing on with the keys loaded before", exc)
+                found = None
+            before = signer.signatures_made
+            signer.tick(found)
+            if signer.signatures_made - before:
+                logger.info("signer: %d signatures made", signer.signatures_made - before)
+
     async def run(self) -> int:
         config = self.config
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor)
         if config.dnssec_keys:
-            self.handler.signer = self._make_signer()
+            signer = self.handler.signer = self._make_signer()
+            signer.on_resign = self.handler.invalidate
+            self.tasks.append(asyncio.create_task(self._sign_periodically(signer), name="signer"))
         if config.transfer_allow or config.notify or config.tsig_key_file:
             try:
                 keys = xfr.load_keys(config)

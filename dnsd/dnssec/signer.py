@@ -15,9 +15,11 @@ opt-out. Signatures are valid from an hour back (clock skew) for `VALIDITY` (Kno
 
 from __future__ import annotations
 
+import base64
 import bisect
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,11 @@ def rdata_wire(rtype: int, rdata: Any) -> bytes:
     raise ValueError(f"no wire form for type {rtype}")
 
 
+def _identity(key: Key) -> tuple[object, ...]:
+    """A key with its timing: a key file whose times were edited counts as changed."""
+    return key.dnskey_rdata, key.flags, key.publish, key.activate, key.inactive, key.delete
+
+
 @dataclass(slots=True)
 class _Chain:
     """One zone's NSEC3 chain: sorted owner hashes, and per hash its name, types, rdata, RRSIGs."""
@@ -79,9 +86,12 @@ class Signer:
         self._chains = {name: _Chain(name) for name in self.apexes}
         self._hash_of: dict[str, bytes] = {}
         self.signatures_made = 0
-        self.next_expiry: int | None = None
+        self.on_resign: Callable[[set[str]], None] | None = None  # the handler's cache invalidation
+        # (expiration, name, rtype) in signing order, which is expiry order: what `tick` refreshes.
+        self._expiries: deque[tuple[int, str, int]] = deque()
         self._window = (0, 0)
         self._set_window()
+        self._key_state = self._state()
         for apex in self.apexes:
             zone.put_extra(("dnssec", apex), self._apex_records(apex))
         zone.subscribe(self.changed)
@@ -94,6 +104,80 @@ class Signer:
     def _set_window(self) -> None:
         now = int(self.clock())
         self._window = (now - INCEPTION_OFFSET, now + VALIDITY)
+
+    def _state(self) -> tuple[tuple[int, bool, bool], ...]:
+        """Which keys are published and active now: when this changes, the apex and every RRSIG do."""
+        now = self.clock()
+        return tuple((k.tag, k.published(now), k.active(now)) for k in self.keys)
+
+    def tick(self, keys: list[Key] | None = None, budget: int = 2000) -> int:
+        """Periodic work (about once a minute): key timing and rollovers, then signature refresh.
+
+        `keys` is the key directory read again, so that a rollover is done by adding key files (their
+        Publish/Activate/Inactive/Delete times then take effect here). When the published or active
+        set changes, the apex RRsets (DNSKEY, CDS, CDNSKEY) are replaced and everything is re-signed
+        with the new signing keys. Otherwise at most `budget` RRsets whose signatures expire within
+        `REFRESH` are re-signed, oldest first, so that refreshing a large zone is spread over many
+        ticks instead of stalling answers. Returns the number of RRsets re-signed.
+        """
+        if keys is not None and [_identity(k) for k in keys] != [_identity(k) for k in self.keys]:
+            self.keys = keys
+            self._key_state = ()
+        self._set_window()
+        state = self._state()
+        if state != self._key_state:
+            self._key_state = state
+            return self._resign_all()
+        horizon = int(self.clock()) + REFRESH
+        names: set[str] = set()
+        done = 0
+        while self._expiries and self._expiries[0][0] < horizon and done < budget:
+            expiration, name, rtype = self._expiries.popleft()
+            done += self._refresh_one(name, rtype, expiration, names)
+        if names and self.on_resign is not None:
+            self.on_resign(names)
+        return done
+
+    def _refresh_one(self, name: str, rtype: int, expiration: int, names: set[str]) -> int:
+        apex = self._apex_of(name) if rtype != NSEC3 else name.split(".", 1)[1]
+        if apex is None or apex not in self.apexes:
+            return 0
+        if rtype == NSEC3:
+            chain = self._chains[apex]
+            try:
+                digest = base64.b32hexdecode(name.split(".", 1)[0].upper())
+            except ValueError:
+                return 0
+            if digest not in chain.records:
+                return 0
+            self._resign_nsec3(chain, digest)
+        elif rtype == SOA:
+            self._serial_moved(self.zone.serial)
+        else:
+            rrset = self._signed.get(name, {}).get(rtype)
+            if rrset is None:
+                return 0
+            self._sigs[(name, rtype)] = self._sign(apex, name, rtype, rrset[0], rrset[1])
+        names.add(name)
+        return 1
+
+    def _resign_all(self) -> int:
+        for apex in self.apexes:
+            self.zone.put_extra(("dnssec", apex), self._apex_records(apex))
+        self._signed.clear()
+        self._sigs.clear()
+        self._expiries.clear()
+        names = set(self.zone.names())
+        self.changed(names)
+        self._serial_moved(self.zone.serial)
+        count = 0
+        for chain in self._chains.values():
+            for digest in chain.hashes:
+                self._resign_nsec3(chain, digest)
+                count += 1
+        if self.on_resign is not None:
+            self.on_resign(names)
+        return count + len(names)
 
     def _zone_keys(self, apex: str) -> list[Key]:
         return [k for k in self.keys if k.zone == apex]
@@ -128,9 +212,28 @@ class Signer:
         inception, expiration = self._window
         sigs = tuple(k.sign(owner, rtype, ttl, wire, inception, expiration) for k in self._signing_keys(apex, rtype))
         self.signatures_made += len(sigs)
-        if sigs and (self.next_expiry is None or expiration < self.next_expiry):
-            self.next_expiry = expiration
+        if sigs:
+            expiries = self._expiries
+            expiries.append((expiration, name, rtype))
+            if len(expiries) > 4 * len(self._sigs) + 4096:
+                self._compact()
         return sigs
+
+    def _compact(self) -> None:
+        """Drop superseded entries (an RRset signed again later, or gone) from the refresh queue."""
+        seen: set[tuple[str, int]] = set()
+        kept: list[tuple[int, str, int]] = []
+        for entry in reversed(self._expiries):
+            key = (entry[1], entry[2])
+            if key not in seen:
+                seen.add(key)
+                kept.append(entry)
+        self._expiries = deque(reversed(kept))
+
+    @property
+    def next_expiry(self) -> int | None:
+        """The earliest expiration among the signatures served (for the metric)."""
+        return self._expiries[0][0] if self._expiries else None
 
     def _apex_of(self, name: str) -> str | None:
         found = self.zone.find_apex(name)

@@ -124,6 +124,9 @@ class App:
         from dnsd.dnssec import keys as dnssec_keys
         from dnsd.dnssec.signer import Signer
 
+        if self.config.dnssec_denial != "nsec3":
+            # Refused rather than silently served as NSEC3: RFC 9824 compact denial is not built yet.
+            raise StartupError("--dnssec-denial compact is not implemented yet; use nsec3")
         directory = self.config.dnssec_keys or ""
         try:
             found = dnssec_keys.load_dir(directory)
@@ -159,6 +162,7 @@ class App:
         if config.dnssec_keys:
             signer = self.handler.signer = self._make_signer()
             signer.on_resign = self.handler.invalidate
+            metrics.register_signer(signer)
             self.tasks.append(asyncio.create_task(self._sign_periodically(signer), name="signer"))
         if config.transfer_allow or config.notify or config.tsig_key_file:
             try:

@@ -87,7 +87,8 @@ def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     manifests = work / "cluster.yaml"
     write_manifests(manifests, SERVICES)
     common = ("--zone", ZONE, "--reverse-zone", NETWORK, "--recursion", "off", "--source", f"file:{manifests}")
-    dnsd = DnsdProcess(*common, "--dnssec-keys", str(work / "keys"), "--transfer-allow", "127.0.0.1/32")
+    dnsd = DnsdProcess(*common, "--dnssec-keys", str(work / "keys"), "--transfer-allow", "127.0.0.1/32",
+                       http="127.0.0.1:0")
     plain = DnsdProcess(*common)
     port = free_port()
     stubs = "".join(f"stub-zone:\n    name: \"{zone}\"\n    stub-addr: 127.0.0.1@{{dnsd}}\n"
@@ -226,3 +227,18 @@ def test_changes_are_signed_and_validate(signed: Signed, tmp_path: Path) -> None
         time.sleep(0.2)
     _validated(signed, "new.default.svc." + ZONE, "AAAA", dns.rcode.NXDOMAIN)
     _axfr_verifies(signed, tmp_path)
+
+
+def test_signer_metrics(signed: Signed) -> None:
+    assert signed.dnsd.metric("dnsd_dnssec_signatures_total") > 0
+    assert signed.dnsd.metric("dnsd_dnssec_next_expiry_timestamp_seconds") > time.time() + 13 * 86400
+    assert signed.dnsd.metric("dnsd_dnssec_key_state", zone=ZONE, state="active") >= 1
+
+
+def test_compact_denial_is_refused_until_it_exists(tmp_path: Path) -> None:
+    _keys("ecdsap256sha256", tmp_path / "keys")
+    result = subprocess.run([sys.executable, "-m", "dnsd", "--zone", ZONE, "--recursion", "off", "--source",
+                             f"file:{tmp_path / 'none.yaml'}", "--listen", "127.0.0.1:0", "--http", "off",
+                             "--dnssec-keys", str(tmp_path / "keys"), "--dnssec-denial", "compact"],
+                            capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 3 and "compact" in result.stderr

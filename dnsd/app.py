@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from dnsd.dnssec.signer import Signer
 
 logger = logging.getLogger(__name__)
-#: Seconds between two runs of the signer's periodic work (key timing, signature refresh).
+#: Seconds between two runs of the signer's periodic work (key timing, signature refresh). The
+#: environment variable DNSD_SIGNER_TICK shortens it for tests of rollovers in real time.
 SIGNER_TICK = 60.0
 
 
@@ -142,8 +144,12 @@ class App:
         from dnsd.dnssec import keys as dnssec_keys
 
         directory = self.config.dnssec_keys or ""
+        try:
+            tick = max(0.1, float(os.environ.get("DNSD_SIGNER_TICK", SIGNER_TICK)))
+        except ValueError:
+            tick = SIGNER_TICK
         while True:
-            await asyncio.sleep(SIGNER_TICK)
+            await asyncio.sleep(tick)
             try:
                 found: list[Any] | None = dnssec_keys.load_dir(directory) or None
             except (OSError, ValueError) as exc:

@@ -12,14 +12,16 @@ an unsigned dnsd serving the same file.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import dns.dnssec
 import dns.flags
 import dns.message
 import dns.query
@@ -90,15 +92,23 @@ def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     dnsd = DnsdProcess(*common, "--dnssec-keys", str(work / "keys"), "--transfer-allow", "127.0.0.1/32",
                        http="127.0.0.1:0")
     plain = DnsdProcess(*common)
-    port = free_port()
-    stubs = "".join(f"stub-zone:\n    name: \"{zone}\"\n    stub-addr: 127.0.0.1@{{dnsd}}\n"
-                    for zone in (ZONE, REVERSE))
-    unbound: subprocess.Popen[bytes] | None = None
     try:
         dnsd.start()
         plain.start()
-        # The cache holds answers for a second at most, so that a change in the zone is seen at once.
-        (work / "unbound.conf").write_text(f"""server:
+        with unbound_for(work, dnsd.port, (ZONE, REVERSE)) as port:
+            yield Signed(dnsd, plain, port, manifests)
+    finally:
+        dnsd.stop()
+        plain.stop()
+
+
+@contextlib.contextmanager
+def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[int]:
+    """Unbound on a free port, stub zones to dnsd, `work/anchors` as its only trust anchors; its port."""
+    port = free_port()
+    stubs = "".join(f"stub-zone:\n    name: \"{zone}\"\n    stub-addr: 127.0.0.1@{dnsd_port}\n" for zone in zones)
+    # The cache holds answers for a second at most, so that a change in the zone is seen at once.
+    (work / "unbound.conf").write_text(f"""server:
     interface: 127.0.0.1
     port: {port}
     do-ip6: no
@@ -119,31 +129,28 @@ def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     val-log-level: 2
     local-zone: "test." nodefault
     local-zone: "8.b.d.0.1.0.0.2.ip6.arpa." nodefault
-{stubs.format(dnsd=dnsd.port)}remote-control:
+{stubs}remote-control:
     control-enable: no
 """)
-        unbound = subprocess.Popen([_tool("unbound"), "-d", "-c", str(work / "unbound.conf")],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        setup = Signed(dnsd, plain, port, manifests)
+    unbound = subprocess.Popen([_tool("unbound"), "-d", "-c", str(work / "unbound.conf")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                setup.resolve(ZONE, "SOA")
+                dns.query.udp(dns.message.make_query(zones[0], "SOA"), "127.0.0.1", port=port, timeout=1)
                 break
             except (dns.exception.Timeout, OSError):
                 if time.monotonic() > deadline or unbound.poll() is not None:
                     pytest.fail(f"unbound did not answer:\n{(work / 'unbound.log').read_text(errors='replace')}")
                 time.sleep(0.1)
-        yield setup
+        yield port
     finally:
-        if unbound is not None:
-            unbound.terminate()
-            try:
-                unbound.wait(5)
-            except subprocess.TimeoutExpired:
-                unbound.kill()
-        dnsd.stop()
-        plain.stop()
+        unbound.terminate()
+        try:
+            unbound.wait(5)
+        except subprocess.TimeoutExpired:
+            unbound.kill()
 
 
 def _validated(setup: Signed, qname: str, qtype: str, rcode: int = dns.rcode.NOERROR) -> dns.message.Message:
@@ -242,3 +249,69 @@ def test_compact_denial_is_refused_until_it_exists(tmp_path: Path) -> None:
                              "--dnssec-keys", str(tmp_path / "keys"), "--dnssec-denial", "compact"],
                             capture_output=True, text=True, timeout=30, cwd=REPO)
     assert result.returncode == 3 and "compact" in result.stderr
+
+
+def test_zsk_and_ksk_rollovers_by_adding_files_keep_unbound_validating(tmp_path: Path) -> None:
+    """A ZSK pre-publish rollover and then a KSK double-signature rollover, done only by writing key files
+    with timing metadata (the signer reads the directory every 0.2 s here), with Unbound validating every
+    answer throughout, and CDS showing both KSKs during the double signature and the new one after.
+
+    The parent's DS change is a fresh Unbound trusting only the new DS, started while both KSKs sign."""
+    from dnsd.dnssec import keys
+
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    now = int(time.time())
+    ksk = keys.generate(ZONE, flags=keys.KSK_FLAGS, now=now - 3600)
+    zsk = keys.generate(ZONE, flags=keys.ZSK_FLAGS, now=now - 3600)
+    for key in (ksk, zsk):
+        keys.write(key, keydir)
+    (tmp_path / "anchors").write_text(ksk.ds_text() + "\n")
+    manifests = tmp_path / "cluster.yaml"
+    write_manifests(manifests, SERVICES)
+    name = "web.default.svc." + ZONE
+    with DnsdProcess("--zone", ZONE, "--recursion", "off", "--source", f"file:{manifests}", "--dnssec-keys",
+                     str(keydir), env={"DNSD_SIGNER_TICK": "0.2"}) as dnsd:
+
+        def signers(qname: str, qtype: str) -> set[int]:
+            reply = dnsd.query(qname, qtype, want_dnssec=True, edns=0)
+            return {rd.key_tag for rrset in reply.answer if rrset.rdtype == dns.rdatatype.RRSIG for rd in rrset}
+
+        def published() -> set[int]:
+            return {dns.dnssec.key_id(rd) for rrset in dnsd.query(ZONE, "DNSKEY").answer for rd in rrset}
+
+        def validate_until(port: int, done: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not done():
+                for qname, qtype in ((name, "AAAA"), (ZONE, "DNSKEY"), ("nope." + ZONE, "A")):
+                    reply = dns.query.udp(dns.message.make_query(qname, qtype, want_dnssec=True), "127.0.0.1",
+                                          port=port, timeout=5)
+                    assert reply.flags & dns.flags.AD and reply.rcode() in (0, 3), (what, reply.to_text())
+                assert time.monotonic() < deadline, what
+                time.sleep(0.1)
+
+        with unbound_for(tmp_path, dnsd.port, (ZONE,)) as port:
+            assert signers(name, "AAAA") == {zsk.tag}
+            start = int(time.time())
+            new_zsk = keys.generate(ZONE, flags=keys.ZSK_FLAGS, now=start)
+            new_zsk.activate = start + 3
+            zsk.inactive, zsk.delete = start + 3, start + 6
+            keys.write(zsk, keydir)
+            keys.write(new_zsk, keydir)
+            validate_until(port, lambda: signers(name, "AAAA") == {new_zsk.tag}, "ZSK activation")
+            validate_until(port, lambda: zsk.tag not in published(), "old ZSK removed")
+            start = int(time.time())
+            new_ksk = keys.generate(ZONE, flags=keys.KSK_FLAGS, now=start)
+            keys.write(new_ksk, keydir)
+            validate_until(port, lambda: signers(ZONE, "DNSKEY") == {ksk.tag, new_ksk.tag}, "double signature")
+            cds = dnsd.query(ZONE, "CDS")
+            assert {rd.key_tag for rrset in cds.answer for rd in rrset} == {ksk.tag, new_ksk.tag}
+        (tmp_path / "anchors").write_text(new_ksk.ds_text() + "\n")  # the parent now holds the new DS
+        with unbound_for(tmp_path, dnsd.port, (ZONE,)) as port:
+            start = int(time.time())
+            ksk.inactive, ksk.delete = start + 2, start + 4
+            keys.write(ksk, keydir)
+            validate_until(port, lambda: signers(ZONE, "DNSKEY") == {new_ksk.tag}, "old KSK retired")
+            validate_until(port, lambda: ksk.tag not in published(), "old KSK deleted")
+            cds = dnsd.query(ZONE, "CDS")
+            assert {rd.key_tag for rrset in cds.answer for rd in rrset} == {new_ksk.tag}

@@ -162,3 +162,20 @@ def test_nsec3_chain_stays_exact_through_inserts_and_deletes() -> None:
         dnskey = records.dnskey(zone.rrset(ZONE, DNSKEY)[1][0])  # type: ignore[index,arg-type]
         sig = records.rrsig(sigs[0])
         assert crypto.verify(dnskey, sig.signature, canonical.signed_data(sig, text_to_wire(owner), NSEC3, 1, [rdata]))
+
+
+def test_bind_private_key_with_leading_zero_octets_dropped_reads(tmp_path: Path) -> None:
+    """BIND writes an ECDSA private value without its leading zero octets (31 bytes one time in 256)."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    scalar = int.from_bytes(b"\x00" + b"\x5a" * 31, "big")
+    private = ec.derive_private_key(scalar, ec.SECP256R1())
+    made = keys.Key(ZONE, 257, crypto.ECDSAP256SHA256, private, keys._public_bytes(crypto.ECDSAP256SHA256, private))
+    base = keys.write(made, tmp_path)
+    path = Path(f"{base}.private")
+    text = path.read_text().replace(base64.b64encode(scalar.to_bytes(32, "big")).decode(),
+                                    base64.b64encode(scalar.to_bytes(31, "big")).decode())
+    path.write_text(text)
+    assert keys.read(path).tag == made.tag

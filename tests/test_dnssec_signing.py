@@ -178,6 +178,8 @@ def test_ptr_in_the_reverse_zone_validates(signed: Signed) -> None:
 def test_denials_validate(signed: Signed) -> None:
     reply = _validated(signed, "nope." + ZONE, "A", dns.rcode.NXDOMAIN)
     assert not reply.answer
+    for i in range(5):  # names of one zone and type: each denial needs its own NSEC3 (no shared template)
+        _validated(signed, f"flood{i}." + ZONE, "A", dns.rcode.NXDOMAIN)
     _validated(signed, "deep.nope.default.svc." + ZONE, "AAAA", dns.rcode.NXDOMAIN)
     reply = _validated(signed, "web.default.svc." + ZONE, "TXT")  # NODATA
     assert not reply.answer

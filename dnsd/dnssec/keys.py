@@ -198,7 +198,7 @@ def read(private_path: str | Path) -> Key:
     except (KeyError, ValueError) as exc:
         raise KeyError_(f"{private_path}: not a BIND private key file") from exc
     private: Any
-    if algorithm == ECDSAP256SHA256 and len(secret) == 32:
+    if algorithm == ECDSAP256SHA256 and 0 < len(secret) <= 32:  # BIND drops leading zero octets
         private = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
     elif algorithm == ED25519 and len(secret) == 32:
         private = ed25519.Ed25519PrivateKey.from_private_bytes(secret)

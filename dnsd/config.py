@@ -118,6 +118,9 @@ class Config:
     tsig_key_file: tuple[str, ...] = ()
     notify: tuple[NotifyTarget, ...] = ()
     ixfr_journal: int = 1000
+    # Signing (ARCHITECTURE.md "Contract: DNSSEC for the zones").
+    dnssec_keys: str | None = None
+    dnssec_denial: str = "nsec3"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -464,6 +467,10 @@ OPTIONS: tuple[Option, ...] = (
            repeat=True, metavar="ADDR[:PORT][=KEY]"),
     Option("ixfr_journal", parse_int(0, 1_000_000), "serials kept for IXFR (default 1000; 0: AXFR only)",
            metavar="N"),
+    Option("dnssec_keys", parse_path, "sign every zone with the BIND key files in DIR (dnsd keygen, "
+           "dnssec-keygen)", metavar="DIR"),
+    Option("dnssec_denial", parse_choice("nsec3", "compact"), "authenticated denial: nsec3 or compact "
+           "(default nsec3)", metavar="nsec3|compact"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

@@ -59,6 +59,7 @@ from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
 from dnsd.zone import ZoneIndex
 
 if TYPE_CHECKING:
+    from dnsd.dnssec.signer import Signer
     from dnsd.xfr import Transfers
 
 logger = logging.getLogger(__name__)
@@ -365,6 +366,7 @@ class Handler:
 
     #: AXFR, IXFR, NOTIFY and TSIG-signed queries go here when transfers are configured (`dnsd.xfr`).
     transfers: Transfers | None = None
+    signer: Signer | None = None  # --dnssec-keys: DO=1 zone answers carry RRSIGs and NSEC3
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
                  recursor: Recursor | None = None) -> None:
@@ -595,6 +597,8 @@ class Handler:
         settled on the wire form: one walk over the length octets (which also checks that the zone's
         apex starts on a label boundary) and one dictionary lookup, without spelling the name.
         """
+        if key[-1] & _FLAG_DO and self.signer is not None:
+            return None  # a signed denial names its NSEC3 neighbours: it depends on the name
         tail = key[-5:]
         qtype = (tail[0] << 8) | tail[1]
         if qtype == 0 or qtype == wire.OPT or 127 < qtype < 256:
@@ -683,7 +687,8 @@ class Handler:
             self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone, query.qname, query.qtype)
+            result = authority.answer(self.zone, query.qname, query.qtype,
+                                     self.signer if query.edns_do else None)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,

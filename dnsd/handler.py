@@ -388,6 +388,8 @@ class Handler:
         self._recursive = RecursiveStore()
         self._outstanding = 0
         self._outstanding_by_client: dict[str, int] = {}
+        #: recursive queries in progress, oldest first, with their start time (perf_counter)
+        self._admitted: dict[asyncio.Future[bytes | None], float] = {}
         self._query_log_sample = config.query_log_sample
         self.rrl = (
             rrl.RateLimiter(config.rrl_responses_per_second, config.rrl_slip, config.rrl_ipv4_prefix,
@@ -752,25 +754,45 @@ class Handler:
         """Admit one recursive query under the outstanding limits, or answer SERVFAIL at once.
 
         The limits bound the memory a flood of unanswerable names (or a slow upstream) can pin:
-        each admitted query holds a task and its resolution state until it completes.
+        each admitted query holds a task and its resolution state until it completes. When every
+        slot is taken, the oldest query gives way to the new one once it has run
+        `--recursion-jostle-timeout` (Unbound's jostle-timeout, 200 ms by default); it is dropped, as
+        Unbound drops a jostled query, and its client retries. Queries that wait on a dead zone are
+        the old ones, so they, not the healthy newcomers, lose their slots. Only when
+        every query in progress is younger than that is the new one refused. The per-client limit
+        refuses the newest, so that one client cannot push out the others.
         """
         per_client = self._outstanding_by_client.get(host, 0)
-        if self._outstanding >= self.config.recursion_max_outstanding:
-            LIMIT_HITS.labels("recursion_outstanding").inc()
-        elif per_client >= self.config.recursion_max_per_client:
+        if per_client >= self.config.recursion_max_per_client:
             LIMIT_HITS.labels("recursion_per_client").inc()
+        elif self._outstanding >= self.config.recursion_max_outstanding and not self._jostle(started):
+            LIMIT_HITS.labels("recursion_outstanding").inc()
         else:
             self._outstanding += 1
             self._outstanding_by_client[host] = per_client + 1
             task = asyncio.ensure_future(self._recurse(found, query, limit, transport, started, host))
+            self._admitted[task] = started
             # a done callback runs even when the task is cancelled before it starts (client gone)
-            task.add_done_callback(lambda _task: self._release(host))
+            task.add_done_callback(lambda done: self._release(host, done))
             return task
         return self._finish(wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), query,
                             wire.SERVFAIL, "error", transport, started, host)
 
-    def _release(self, host: str) -> None:
+    def _jostle(self, now: float) -> bool:
+        """Drop the oldest query in progress when it has run the jostle timeout; True when one was dropped."""
+        oldest = next(iter(self._admitted), None)
+        after = self.config.recursion_jostle_timeout
+        if oldest is None or not after or now - self._admitted[oldest] < after:
+            return False
+        del self._admitted[oldest]  # its slot is counted free from now on; its callback releases it
         self._outstanding -= 1
+        oldest.cancel()
+        LIMIT_HITS.labels("recursion_jostled").inc()
+        return True
+
+    def _release(self, host: str, task: asyncio.Future[bytes | None]) -> None:
+        if self._admitted.pop(task, None) is not None:
+            self._outstanding -= 1  # (a jostled task's slot was given back when it was pushed out)
         left = self._outstanding_by_client.get(host, 1) - 1
         if left:
             self._outstanding_by_client[host] = left

@@ -82,6 +82,9 @@ RESERVED_QTYPES = frozenset({0, 65535})
 #: Upper bound on negative-answer templates (zones x rcodes x qtypes x classes x flag bytes in use);
 #: past it they start afresh: each is rebuilt by one slow-path answer.
 MAX_TEMPLATES = 4096
+#: Upper bound on the small area that remembers which template answered a key: names asked again (the
+#: NXDOMAIN and NODATA a cluster asks all day) then cost one lookup; a flood only churns this area.
+MAX_NEGATIVE_KEYS = 16_384
 #: Upper bound on remembered client-address -> may-recurse decisions.
 MAX_ACL_ENTRIES = 65_536
 
@@ -381,6 +384,7 @@ class Handler:
         # labels, tcp labels, names it was built from); only names that exist are stored
         self._responses: dict[bytes, StoredAnswer] = {}
         self._templates: dict[Verdict, NegativeTemplate] = {}  # name-independent answers, see Verdict
+        self._negative_keys: dict[bytes, NegativeTemplate] = {}  # key -> the template that answered it
         # name -> keys of responses built from it; a set, so a key re-stored after an invalidation
         # through another of its names is not listed twice
         self._keys_by_name: dict[str, set[bytes]] = {}
@@ -410,6 +414,7 @@ class Handler:
             responses.pop(key, None)
         self._volatile.clear()
         self._templates.clear()  # each carries the SOA, whose serial just moved
+        self._negative_keys.clear()  # and a name may have started (or stopped) existing
 
     @property
     def cached_responses(self) -> int:
@@ -574,11 +579,18 @@ class Handler:
     def _serve_negative(self, key: bytes, data: bytes, qend: int, limit: int, tcp: bool,
                         started: float) -> bytes | None:
         """NXDOMAIN, NODATA or REFUSED from a template, for a name never seen; None: the slow path decides."""
-        verdict = self._negative_verdict(key)
-        if verdict is None:
-            return None
-        template = self._templates.get(verdict)
-        if template is None or (not tcp and qend + template.tail_length > limit):
+        template = self._negative_keys.get(key)
+        if template is None:
+            verdict = self._negative_verdict(key)
+            if verdict is None:
+                return None
+            template = self._templates.get(verdict)
+            if template is None:
+                return None
+            if len(self._negative_keys) >= MAX_NEGATIVE_KEYS:
+                self._negative_keys.clear()  # only negative answers live here: a flood cannot hurt the store
+            self._negative_keys[key] = template
+        if not tcp and qend + template.tail_length > limit:
             return None
         reply = template.reply(data, qend)
         stat = template.tcp_labels if tcp else template.udp_labels
@@ -737,6 +749,7 @@ class Handler:
                 return  # the slow path decided otherwise (it is the reference): learn nothing
             if len(self._templates) >= MAX_TEMPLATES:
                 self._templates.clear()
+                self._negative_keys.clear()
             apex = verdict[0]
             qt, rc = qtype_label(query.qtype), rcode_label(rcode)
             template = NegativeTemplate.from_reply(

@@ -180,6 +180,7 @@ def test_a_flood_of_unseen_names_leaves_the_known_answers_stored() -> None:
         handler.respond(_query(f"r{rng.getrandbits(48):x}.default.svc.{Z}", "AAAA"), INTERNET, False)
     assert handler.cached_responses == stored
     assert handler.negative_templates == 1
+    assert len(handler._negative_keys) <= handler_module.MAX_NEGATIVE_KEYS  # the small negative area is bounded
     fast = {key[4]: count for key, count in handler.stats.queries.items() if len(key) == 5}
     slow = sum(count for key, count in handler.stats.queries.items() if len(key) == 4)
     assert fast["stored"] == len(known) * 600  # every known answer after the first came from the store

@@ -23,6 +23,7 @@ from dnsd.http import HttpServer
 from dnsd.kube.manifests import ManifestSource
 from dnsd.metrics import QueryStats, register_query_stats
 from dnsd.transport import Listeners
+from dnsd.views import InternetView
 from dnsd.workers import WorkerPool, follow
 from dnsd.zone import ZoneIndex
 
@@ -37,6 +38,7 @@ class App:
         self.link = link  # set in a --workers follower: its zone is fed by the watching process
         self.pool: WorkerPool | None = None
         self.zone = ZoneIndex(config)
+        self.internet = InternetView(config, self.zone)  # what clients outside --allow-recursion see
         self.stats = QueryStats()
         self.recursor: Any = None
         self.handler: Handler | None = None
@@ -118,7 +120,7 @@ class App:
         config = self.config
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
-        self.handler = Handler(config, self.zone, self.stats, recursor)
+        self.handler = Handler(config, self.zone, self.stats, recursor, self.internet)
         if config.transfer_allow or config.notify or config.tsig_key_file:
             try:
                 keys = xfr.load_keys(config)
@@ -126,9 +128,10 @@ class App:
                 raise StartupError(f"tsig: {exc}") from None
             # Every process answers transfers from its own index (followers hold the same data, serial
             # and journal); only the watching process sends NOTIFY, so secondaries get it once.
-            self.handler.transfers = xfr.Transfers(config, self.zone, keys)
+            # Transfers carry the Internet's view (the publication policy).
+            self.handler.transfers = xfr.Transfers(config, self.internet, keys)
             if config.notify and self.link is None:
-                self.notifier = xfr.Notifier(config, self.zone, keys)
+                self.notifier = xfr.Notifier(config, self.internet, keys)
         if config.workers > 1 and self.link is None:
             self.pool = WorkerPool(config, self.zone, self.stats)  # before the source: it sees every change
         await self._start_source()

@@ -117,6 +117,8 @@ class Config:
     tsig_key_file: tuple[str, ...] = ()
     notify: tuple[NotifyTarget, ...] = ()
     ixfr_journal: int = 1000
+    # The publication policy (ARCHITECTURE.md "Contract: what the Internet sees").
+    publish_networks: tuple[IPNetwork, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -401,6 +403,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("allow_recursion", parse_network,
            "clients that may recurse (default loopback, RFC 1918, fc00::/7)", repeat=True, metavar="CIDR"),
+    Option("publish_networks", parse_network,
+           "addresses clients outside --allow-recursion receive (default: all but private-use ones)",
+           repeat=True, metavar="CIDR"),
     Option("dns64_prefix", parse_dns64_prefix, "NAT64 prefix (default 64:ff9b::/96)", metavar="PREFIX"),
     Option("no_dns64", parse_bool, "turn DNS64 synthesis off", flag_only_bool=True),
     Option("http", parse_http, "metrics and health endpoints (default [::]:8080; 'off' disables)",
@@ -466,6 +471,13 @@ _BY_KEY = {opt.key: opt for opt in OPTIONS}
 
 DEFAULT_ALLOW_RECURSION = (
     "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+)
+
+#: What the Internet does not receive unless --publish-networks says otherwise: private-use,
+#: shared (RFC 6598), loopback, link-local and unique-local addresses.
+DEFAULT_UNPUBLISHED = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10", "::1/128",
 )
 
 

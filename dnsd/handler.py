@@ -173,9 +173,12 @@ class Handler:
     transfers: Transfers | None = None
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
-                 recursor: Recursor | None = None) -> None:
+                 recursor: Recursor | None = None, internet: ZoneIndex | None = None) -> None:
         self.config = config
         self.zone = zone
+        # The Internet's view (`dnsd.views`): clients outside --allow-recursion are answered from it.
+        # The access class is part of the fast-path key, so both views' answers are stored side by side.
+        self.internet = zone if internet is None else internet
         self.stats = stats
         self.recursor = recursor if config.recursion != "off" else None
         self.acl = Acl(config.allow_recursion)
@@ -196,6 +199,8 @@ class Handler:
             if config.rrl_responses_per_second else None
         )
         zone.subscribe(self.invalidate)
+        if self.internet is not zone:
+            self.internet.subscribe(self.invalidate)
 
     # ---- cache ----------------------------------------------------------------------------------
 
@@ -370,7 +375,7 @@ class Handler:
             return self._finish(wire.encode_error(query, wire.REFUSED, ra, self.edns_size), query,
                                 wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone, query.qname, query.qtype)
+            result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,

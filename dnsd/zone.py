@@ -249,7 +249,7 @@ class ZoneIndex:
         self._contributions: dict[Owner, Flat] = {}
         self._subscribers: list[Callable[[set[str]], None]] = []
         self._journal: list[Op] | None = None  # operations since the last commit, when publishing
-        self._publish: Callable[[list[Op], int], None] | None = None
+        self._publishers: list[Callable[[list[Op], int], None]] = []
         # ---- serial, IXFR journal, transfer snapshots (see the module docstring) ----
         self.serial = 1
         self._version: int | None = None  # the source's newest version of the data (resourceVersion, mtime)
@@ -387,10 +387,12 @@ class ZoneIndex:
         """From now on, hand every committed batch of changes and the new serial to `publish`.
 
         The watching process of `--workers` uses it to feed the others, which `follow` the same
-        operations, so that every worker holds the same data under the same serial.
+        operations, so that every worker holds the same data under the same serial; the Internet's
+        view (`dnsd.views`) follows every process's cluster index the same way. A follower passes on
+        the batches it follows.
         """
         self._journal = []
-        self._publish = publish
+        self._publishers.append(publish)
 
     def snapshot(self) -> list[Op]:
         """Operations that rebuild the current state from nothing (for a worker that starts late)."""
@@ -424,6 +426,10 @@ class ZoneIndex:
             self._dirty = True
         if serial != self.serial:
             self._move_serial(serial, journal=was_synced)
+        if self._journal is not None:
+            self._journal = []  # what we applied is passed on as received, not as re-recorded
+            for publish in self._publishers:
+                publish(ops, serial)
         self._notify(changed)  # always: the serial (in every SOA-bearing answer) may have moved
 
     def _record(self, op: Op) -> None:
@@ -617,8 +623,8 @@ class ZoneIndex:
                 self._version_used = self._version
         if self._journal:
             ops, self._journal = self._journal, []
-            if self._publish is not None:
-                self._publish(ops, self.serial)
+            for publish in self._publishers:
+                publish(ops, self.serial)
         if changed or force or self.serial != serial_before:
             self._notify(changed)  # a moved serial alone changes every SOA-bearing answer
 

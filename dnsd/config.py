@@ -72,7 +72,7 @@ class NotifyTarget:
 class Config:
     """Everything dnsd needs to run; names are the YAML keys of the contract."""
 
-    zone: str
+    zone: str  # the first --zone: the cluster domain lies in it
     cluster_domain: str
     listen: tuple[Endpoint, ...] = (Endpoint("::", 53),)
     source: str = "kubernetes"
@@ -119,7 +119,14 @@ class Config:
     ixfr_journal: int = 1000
     # The publication policy (ARCHITECTURE.md "Contract: what the Internet sees").
     publish_networks: tuple[IPNetwork, ...] = ()
+    # Every --zone, the first being `zone` (set by `from_mapping`; empty means just `zone`).
+    zones: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_zones(self) -> tuple[str, ...]:
+        """Every forward zone dnsd is authoritative for, the cluster's first."""
+        return self.zones or (self.zone,)
 
     @property
     def source_path(self) -> Path | None:
@@ -382,7 +389,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("zone", parse_domain, "the delegated zone, e.g. c2.k8s.ooo (required)", metavar="NAME"),
+    Option("zone", parse_domain, "a delegated zone, e.g. c2.k8s.ooo (required; repeatable, the cluster "
+           "domain lies in the first)", repeat=True, metavar="NAME"),
     Option("cluster_domain", parse_domain, "where service names hang (default: the zone)", metavar="NAME"),
     Option("listen", parse_endpoint, "UDP and TCP listener (default [::]:53)", repeat=True,
            metavar="ADDR:PORT"),
@@ -566,11 +574,17 @@ def from_mapping(raw: dict[str, Any]) -> Config:
                 values[key] = opt.parse(value)
         except ValueError as exc:
             raise ConfigError(key, str(exc)) from None
-    if "zone" not in values:
+    if not values.get("zone"):
         raise ConfigError("zone", "required (for example --zone c2.k8s.ooo)")
-    zone: str = values["zone"]
+    zones: tuple[str, ...] = tuple(dict.fromkeys(values["zone"]))
+    for other in zones:
+        for inner in zones:
+            if inner != other and inner.endswith("." + other):
+                raise ConfigError("zone", f"{inner} lies inside {other}: give one of them")
+    zone = values["zone"] = zones[0]
+    values["zones"] = zones
     cluster_domain = values.setdefault("cluster_domain", zone)
-    if cluster_domain != zone and not cluster_domain.endswith("." + zone):
+    if not any(cluster_domain == z or cluster_domain.endswith("." + z) for z in zones):
         raise ConfigError("cluster_domain", f"{cluster_domain} is not inside the zone {zone}")
     if not values.get("listen"):
         values.pop("listen", None)
@@ -581,6 +595,6 @@ def from_mapping(raw: dict[str, Any]) -> Config:
     if values.get("recursion") == "forward" and not values.get("forwarder"):
         raise ConfigError("forwarder", "recursion 'forward' needs at least one forwarder")
     for ns in values["nameserver"]:
-        if ns.addresses and not (ns.name == zone or ns.name.endswith("." + zone)):
-            raise ConfigError("nameserver", f"glue given for {ns.name}, which is outside the zone")
+        if ns.addresses and not any(ns.name == z or ns.name.endswith("." + z) for z in zones):
+            raise ConfigError("nameserver", f"glue given for {ns.name}, which is outside the zones")
     return Config(**values)

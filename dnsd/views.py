@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from dnsd.config import DEFAULT_UNPUBLISHED, Config, IPNetwork
 from dnsd.kube.model import Endpoint, ServiceRecord, SliceRecord
-from dnsd.zone import Op, Owner, Records, ZoneIndex, records_for_service
+from dnsd.zone import Op, Owner, Records, ZoneIndex, add_hostnames, records_for_service
 
 
 class Publication:
@@ -67,6 +67,8 @@ class Publication:
 class InternetView(ZoneIndex):
     """The zone index the Internet is answered from; fed only by following a cluster `ZoneIndex`."""
 
+    warns = False
+
     def __init__(self, config: Config, cluster: ZoneIndex | None = None) -> None:
         self.publication = Publication(config.publish_networks)
         super().__init__(config)  # builds the static records, which need the predicate
@@ -82,8 +84,9 @@ class InternetView(ZoneIndex):
             return {}
         allowed = self.publication
         slices = [allowed.slice(self.slices[s]) for s in sorted(self._slices_by_service.get(key, ()))]
-        return records_for_service(allowed.service(service), slices, self.cluster_domain, self.config.ttl,
-                                   self._in_served_zone)
+        published = allowed.service(service)
+        records = records_for_service(published, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+        return add_hostnames(records, published, self.cluster_domain, self._in_served_zone)
 
     def _static_records(self) -> Records:
         records = super()._static_records()

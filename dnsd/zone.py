@@ -232,7 +232,8 @@ class ZoneIndex:
         self.apex = config.zone
         self.cluster_domain = config.cluster_domain
         self.apexes: tuple[ZoneApex, ...] = (
-            ZoneApex(config.zone), *(ZoneApex(reverse_apex(net), net) for net in config.reverse_zone)
+            *(ZoneApex(name) for name in config.all_zones),
+            *(ZoneApex(reverse_apex(net), net) for net in config.reverse_zone),
         )
         self._apex_names = {z.name for z in self.apexes}
         self.synced = False
@@ -312,10 +313,14 @@ class ZoneIndex:
         """The RR types present at a name, in ascending order."""
         return sorted(self._names.get(name, {}))
 
-    def soa_rdata(self) -> tuple[str, str, int, int, int, int, int]:
-        """mname, rname, serial, refresh, retry, expire, minimum."""
+    def soa_rdata(self, apex: ZoneApex | None = None) -> tuple[str, str, int, int, int, int, int]:
+        """mname, rname, serial, refresh, retry, expire, minimum (of `apex`; default the first zone).
+
+        Each forward zone's rname is its own hostmaster; reverse zones keep the first zone's.
+        """
         mname = self.config.nameserver[0].name if self.config.nameserver else f"ns1.{self.apex}"
-        return (mname, f"hostmaster.{self.apex}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
+        owner = self.apex if apex is None or apex.reverse_network is not None else apex.name
+        return (mname, f"hostmaster.{owner}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
 
     @property
     def record_count(self) -> int:
@@ -444,8 +449,11 @@ class ZoneIndex:
         new_namespaces = set(namespaces)
         affected: set[tuple[str, str]] = set()
         for key in self.services.keys() | new_services.keys():
-            if self.services.get(key) != new_services.get(key):
+            new_service = new_services.get(key)
+            if self.services.get(key) != new_service:
                 affected.add(key)
+                if new_service is not None:
+                    self._warn_outside(new_service)
         for key in self.slices.keys() | new_slices.keys():
             old, new = self.slices.get(key), new_slices.get(key)
             if old != new:
@@ -554,13 +562,26 @@ class ZoneIndex:
 
     # ---- internals ------------------------------------------------------------------------------
 
+    #: Whether this index warns of annotated hostnames outside every zone (the Internet's view does not:
+    #: it follows the cluster index, which already did).
+    warns = True
+
     def _put_service(self, record: ServiceRecord, changed: set[str]) -> bool:
         if self.services.get(record.key) == record:
             return False
+        self._warn_outside(record)
         self._record(("put_service", record))
         self.services[record.key] = record
         self._refresh(record.key, changed)
         return True
+
+    def _warn_outside(self, record: ServiceRecord) -> None:
+        """One warning per new version of a Service whose annotated hostnames lie outside every zone."""
+        if self.warns and record.hostnames:
+            outside = [h for h in record.hostnames if self.find_apex(h) is None]
+            if outside:
+                logger.warning("Service %s/%s: hostname %s outside every zone; skipped", record.namespace,
+                               record.name, ", ".join(outside))
 
     def _delete_service(self, key: tuple[str, str], changed: set[str]) -> bool:
         if self.services.pop(key, None) is None:
@@ -791,7 +812,8 @@ class ZoneIndex:
         if service is None or not service.expose:
             return {}
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
-        return records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+        records = records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+        return add_hostnames(records, service, self.cluster_domain, self._in_served_zone)
 
 
 def _rr_order(record: XfrRR) -> tuple[str, int, str]:
@@ -900,4 +922,27 @@ def records_for_service(
                 add_ptr(address, target)
                 for port in slice_record.ports:
                     add(f"_{port.name}._{port.protocol}.{base}", SRV, (0, 100, port.port, target))
+    return records
+
+
+def add_hostnames(records: Records, service: ServiceRecord, cluster_domain: str,
+                  in_zone: Callable[[str], bool]) -> Records:
+    """The Service's own name's A/AAAA (or CNAME) also under its annotated hostnames inside the zones.
+
+    Built from the finished records, so a view that withheld the addresses withholds these too.
+    """
+    if not service.hostnames:
+        return records
+    base = records.get(f"{service.name}.{service.namespace}.svc.{cluster_domain}")
+    if not base:
+        return records
+    copied = {rtype: rrset for rtype, rrset in base.items() if rtype in (A, AAAA, CNAME)}
+    if not copied:
+        return records
+    for hostname in service.hostnames:
+        if in_zone(hostname):
+            types = records.setdefault(hostname, {})
+            for rtype, rrset in copied.items():
+                if rtype not in types:
+                    types[rtype] = rrset
     return records

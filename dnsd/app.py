@@ -84,7 +84,7 @@ class App:
                            "REFUSED outside the zone", self.config.recursion)
             return None
         try:
-            recursor = RecursorImpl(self.config)
+            recursor = RecursorImpl(self.config, zone=self.zone)  # PTR of DNS64 names in reverse zones
         except ValueError as exc:  # a bad --root-hints file, or forward mode without forwarders
             raise StartupError(f"recursion: {exc}") from None
         await recursor.start()

@@ -102,6 +102,7 @@ class Config:
     tcp_max_per_client: int = 64
     recursion_max_outstanding: int = 4096
     recursion_max_per_client: int = 1024
+    recursion_max_per_zone: int = 100
     lame_duck: float = 5.0
     query_log_sample: float = 0.0
     dns64_exclude: tuple[ipaddress.IPv6Network, ...] = ()
@@ -458,6 +459,9 @@ OPTIONS: tuple[Option, ...] = (
            "recursive queries in progress at once; beyond it clients get SERVFAIL (default 4096)", metavar="N"),
     Option("recursion_max_per_client", parse_int(1, 1_000_000),
            "recursive queries in progress at once per client address (default 1024)", metavar="N"),
+    Option("recursion_max_per_zone", parse_int(1, 1_000_000),
+           "recursive queries in progress at once towards one zone's servers; beyond it a query for that "
+           "zone gets SERVFAIL (default 100)", metavar="N"),
     Option("dnssec_validation", parse_bool, "validate recursive answers with DNSSEC: on or off (default on)",
            metavar="on|off"),
     Option("trust_anchor", parse_path, "DS or DNSKEY records in zone-file format trusted instead of the "

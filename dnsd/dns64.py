@@ -162,7 +162,8 @@ def ptr_target(qname: str, policy: Policy) -> str | None:
     RFC 6147 section 5.3.1: the DNS64 answers reverse queries for synthesized addresses itself; dnsd
     uses the CNAME form (the `ip6.arpa` name aliased to the `in-addr.arpa` name of the embedded IPv4
     address), so that the client sees where the answer came from. Returns None for names outside the
-    prefix, for names that are not a full 32-nibble address, and where the u-octet is not zero.
+    prefix, for names that are not a full 32-nibble address, where the u-octet is not zero, and for
+    non-global IPv4 under the Well-Known Prefix (never synthesized, RFC 6052 3.1).
     """
     if not qname.endswith(".ip6.arpa"):
         return None
@@ -176,6 +177,10 @@ def ptr_target(qname: str, policy: Policy) -> str | None:
         return None  # RFC 6052 2.2: a set u-octet means this is not an IPv4-embedded address
     ipv4 = extract(policy.prefix, address)
     if ipv4 is None:
+        return None
+    if not may_synthesize(ipv4, policy):
+        # RFC 6052 3.1: this DNS64 never synthesizes such an address under the WKP, so the name is
+        # not one of its own; aliasing it would send private reverse lookups (RFC 6303) upstream
         return None
     return ipv4.reverse_pointer
 

@@ -14,7 +14,9 @@ Two paths, one result:
 * Complete recursive answers (from the recursor's cache, upstream, or DNS64) are kept for the fast
   path too, as `CachedAnswer`s whose TTLs count down with the clock (patched once a second per
   entry, not per query) and which lapse when their shortest TTL does; only clients that may recurse
-  can hit them, because the access class is part of the key.
+  can hit them, because the access class is part of the key. That store (`RecursiveStore`) has a
+  byte budget and keeps no answer over `MAX_RECURSIVE_ANSWER` octets, so attacker-chosen names
+  with huge answers cannot grow it.
 
 Invalidation is exact: every stored response remembers the owner names it was built from, and the
 zone reports the names each change touched; responses carrying the SOA (negative answers, the apex)
@@ -35,6 +37,7 @@ import logging
 import random
 import struct
 import time
+from array import array
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,6 +54,17 @@ query_logger = logging.getLogger("dnsd.query")
 
 #: Upper bound on stored responses; past it the store starts afresh (random names cannot grow memory).
 MAX_CACHED_RESPONSES = 200_000
+#: Byte budget of the fast-path store of recursive answers (see `RecursiveStore`); the oldest go first.
+MAX_RECURSIVE_BYTES = 32 * 1024 * 1024
+#: Recursive answers longer than this are not kept for the fast path (a 3,800-record TCP answer cost
+#: 380 KB there); their repeats take the slow path and the recursor's cache.
+MAX_RECURSIVE_ANSWER = 4096
+#: Bookkeeping bytes of one stored recursive answer besides its octets (object, key, dict slot).
+RECURSIVE_OVERHEAD = 400
+#: RFC 6895 3.1: qtype 0 and 65535 are reserved. They are answered NOTIMP, as Knot does (BIND and
+#: NSD answer NOERROR with the SOA). The parser already answers the meta types (OPT, 128-250:
+#: FORMERR; MAILA/MAILB: NOTIMP).
+RESERVED_QTYPES = frozenset({0, 65535})
 #: Upper bound on remembered client-address -> may-recurse decisions.
 MAX_ACL_ENTRIES = 65_536
 
@@ -74,20 +88,23 @@ class CachedAnswer:
     a second per entry, so a hit normally costs what a zone hit costs.
     """
 
-    __slots__ = ("age", "current", "expires", "stored", "tcp_labels", "template", "ttl_offsets", "ttls",
-                 "udp_labels")
+    __slots__ = ("age", "current", "expires", "size", "stored", "tcp_labels", "template", "ttl_offsets",
+                 "ttls", "udp_labels")
 
     def __init__(self, template: bytes, stored: float, ttl_offsets: list[int], ttls: list[int],
                  udp_labels: Labels, tcp_labels: Labels) -> None:
         self.template = template
         self.stored = stored
         self.expires = stored + min(ttls)
-        self.ttl_offsets = ttl_offsets
-        self.ttls = ttls
+        # compact: 4 octets a TTL rather than two lists of int objects (9 octets a slot and 28 an int)
+        self.ttl_offsets = array("I", ttl_offsets)
+        self.ttls = array("I", ttls)
         self.age = 0
         self.current = template
         self.udp_labels = udp_labels
         self.tcp_labels = tcp_labels
+        # the template and its TTL-patched copy, the TTL arrays and the bookkeeping
+        self.size = RECURSIVE_OVERHEAD + 2 * len(template) + 8 * len(ttls)
 
     def at(self, now: float) -> bytes | None:
         """The reply template as of `now`, or None once its shortest TTL has run out."""
@@ -131,6 +148,34 @@ def ttl_positions(message: bytes, qend: int) -> tuple[list[int], list[int]] | No
     except (IndexError, struct.error):
         return None
     return (offsets, ttls) if offset == length else None
+
+
+class RecursiveStore(dict[bytes, CachedAnswer]):
+    """The fast path's recursive answers by key, bounded in bytes (`MAX_RECURSIVE_BYTES`, oldest
+    first) as well as in entries: a flood of distinct names with big answers cannot grow it past
+    the budget. Reads are plain dict reads; deleting through `del` keeps the byte count."""
+
+    def __init__(self, max_bytes: int = MAX_RECURSIVE_BYTES, max_entries: int = MAX_CACHED_RESPONSES) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.bytes = 0
+
+    def put(self, key: bytes, answer: CachedAnswer) -> None:
+        if key in self:
+            del self[key]
+        while self and (self.bytes + answer.size > self.max_bytes or len(self) >= self.max_entries):
+            del self[next(iter(self))]
+        super().__setitem__(key, answer)
+        self.bytes += answer.size
+
+    def __delitem__(self, key: bytes) -> None:
+        self.bytes -= self[key].size
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
 
 
 class Recursor(Protocol):
@@ -189,7 +234,7 @@ class Handler:
         # through another of its names is not listed twice
         self._keys_by_name: dict[str, set[bytes]] = {}
         self._volatile: set[bytes] = set()
-        self._recursive: dict[bytes, CachedAnswer] = {}
+        self._recursive = RecursiveStore()
         self._outstanding = 0
         self._outstanding_by_client: dict[str, int] = {}
         self._query_log_sample = config.query_log_sample
@@ -371,6 +416,9 @@ class Handler:
         if query.error is not None:
             return self._finish(wire.encode_error(query, query.error, ra, self.edns_size), query,
                                 query.error, "error", transport, started, host)
+        if query.qtype in RESERVED_QTYPES:
+            return self._finish(wire.encode_error(query, wire.NOTIMP, ra, self.edns_size), query,
+                                wire.NOTIMP, "error", transport, started, host)
         if query.qclass not in (wire.CLASS_IN, wire.ANY):
             return self._finish(wire.encode_error(query, wire.REFUSED, ra, self.edns_size), query,
                                 wire.REFUSED, "refused", transport, started, host)
@@ -460,16 +508,16 @@ class Handler:
         """Keep a complete recursive answer for the fast path, to be served until its shortest TTL ends."""
         if reply[2] & 0x02:  # truncated: the full answer needs TCP, the slow path handles that
             return
+        if len(reply) > MAX_RECURSIVE_ANSWER:
+            return  # huge answers stay in the recursor's cache only, never here
         key, qend, _ = found
         positions = ttl_positions(reply, qend)
         if positions is None or not positions[1] or min(positions[1]) <= 0:
             return  # nothing says how long it stays true (or it already expired): never reuse it
-        if len(self._recursive) >= MAX_CACHED_RESPONSES:
-            self._recursive.clear()
         label = "dns64" if source == "dns64" else "cache"  # a repeat is a cache hit by definition
         qt, rc = qtype_label(qtype), rcode_label(rcode)
-        self._recursive[key] = CachedAnswer(_template(reply), time.monotonic(), *positions,
-                                            ("udp", qt, rc, label), ("tcp", qt, rc, label))
+        self._recursive.put(key, CachedAnswer(_template(reply), time.monotonic(), *positions,
+                                              ("udp", qt, rc, label), ("tcp", qt, rc, label)))
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:

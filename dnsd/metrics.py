@@ -206,7 +206,7 @@ UPSTREAM_FAILURES = Counter(
 LIMIT_HITS = Counter(
     "dnsd_limit_hits_total",
     "Work refused because a limit was reached, by limit (tcp_connections, tcp_per_client, "
-    "tcp_write_stalled, recursion_outstanding, recursion_per_client)",
+    "tcp_write_stalled, recursion_outstanding, recursion_per_client, recursion_per_zone)",
     ["limit"],
 )
 TCP_CONNECTIONS = Gauge("dnsd_tcp_connections", "TCP connections open")

@@ -100,9 +100,22 @@ def _ip6_arpa(address: str) -> str:
 
 @pytest.mark.parametrize(("prefix", "_"), RFC6052_VECTORS)
 def test_ptr_target_every_prefix_length(prefix: str, _: str) -> None:
-    policy = dns64.Policy(NET(prefix))
+    # the RFC 6052 vectors embed 192.0.2.33, which is not global: allowed here to use them as they are
+    policy = dns64.Policy(NET(prefix), allow_nonglobal=True)
     name = _ip6_arpa(str(dns64.embed(policy.prefix, V4("192.0.2.33"))))
     assert dns64.ptr_target(name, policy) == "33.2.0.192.in-addr.arpa"
+
+
+def test_ptr_target_is_not_aliased_for_non_global_ipv4_under_the_wkp() -> None:
+    """RFC 6052 3.1 / RFC 6303: the WKP never carries private IPv4, so their reverse names are not
+    aliased (and sent upstream as in-addr.arpa lookups); a network-specific prefix may carry them."""
+    wkp = dns64.Policy()
+    for private in ("10.1.2.3", "192.168.1.1", "127.0.0.1", "192.0.2.33"):
+        assert dns64.ptr_target(_ip6_arpa(str(dns64.embed(wkp.prefix, V4(private)))), wkp) is None
+    assert dns64.ptr_target(_ip6_arpa("64:ff9b::102:304"), wkp) == "4.3.2.1.in-addr.arpa"
+    site = dns64.Policy(NET("2001:db8:64::/96"))
+    assert dns64.ptr_target(_ip6_arpa(str(dns64.embed(site.prefix, V4("10.1.2.3")))), site) == \
+        "3.2.1.10.in-addr.arpa"
 
 
 def test_ptr_target_outside_prefix_or_partial() -> None:

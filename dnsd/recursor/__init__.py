@@ -8,6 +8,10 @@ through one cache (`cache.Cache`, positive and RFC 2308 negative answers, TTLs c
 front of one engine: `iterator.Iterator` (from the root hints) or `forwarder.Forwarder`. Concurrent
 identical lookups share one resolution, and every client query has a time limit and a work budget.
 
+The reverse name of a synthesized address is aliased to the embedded IPv4 address's in-addr.arpa
+name (RFC 6147 5.3.1); when that name lies in one of dnsd's own reverse zones (`--reverse-zone`),
+the zone answers it (`zone=`), never an upstream server.
+
 DNS64 lives here rather than in the handler because it needs a second lookup (the A query) and the
 negative AAAA answer's SOA; `dnsd.dns64` holds the rules as pure functions and this module only
 sequences them. The handler never calls `answer` for names in dnsd's own zones, but synthesis is
@@ -29,14 +33,15 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass, replace
+from typing import Any
 
-from dnsd import dns64, metrics
+from dnsd import authority, dns64, metrics
 from dnsd.config import Config
 from dnsd.dnssec import DNSSEC_TYPES, RRSIG
 from dnsd.recursor import hints as root_hints
 from dnsd.recursor import upstream
 from dnsd.recursor import validator as dnssec_validator
-from dnsd.recursor.cache import Answer, Cache
+from dnsd.recursor.cache import NAME_WIDE, Answer, Cache
 from dnsd.recursor.chain import Budget, ResolveError
 from dnsd.recursor.forwarder import Forwarder
 from dnsd.recursor.iterator import Iterator
@@ -45,6 +50,7 @@ from dnsd.recursor.message import (
     CLASS_IN,
     CNAME,
     NOERROR,
+    NOTIMP,
     NXDOMAIN,
     PTR,
     RR,
@@ -56,12 +62,21 @@ from dnsd.recursor.message import (
     text,
     to_wire,
 )
-from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, opt_record
+from dnsd.wire import CD, QR, RA, RD, REFUSED, SERVFAIL, TC, Query, Response, opt_record
+from dnsd.zone import ZoneIndex
 
 _AD = 0x0020
 _EDE_OPTION = 15  # RFC 8914
 
 _HEADER = struct.Struct("!HHHHHH")
+#: Failures caused by this query or by dnsd's own limits, not by the name's servers: not cached.
+_OWN_FAILURES = frozenset({"budget", "zone_limit", "cancelled", "deadlock", "off"})
+
+
+def is_meta_qtype(qtype: int) -> bool:
+    """RFC 6895 3.1: type 0 and 65535 are reserved, OPT (41) and 128-254 are meta types or
+    transfer/signature qtypes that a resolver never looks up (ANY, 255, is answered)."""
+    return qtype in (0, 41, 65535) or 128 <= qtype <= 254
 
 
 class CacheMiss(Exception):  # control flow for RD=0 queries, not an error
@@ -86,13 +101,16 @@ class Settings:
     port: int = 53                  # name servers' port in iterate mode
     cache_entries: int = 100_000
     cache_bytes: int = 64 * 1024 * 1024
+    delegation_bytes: int = 16 * 1024 * 1024
 
 
 class Recursor:
     """Resolver facade for the handler; see the module docstring."""
 
-    def __init__(self, config: Config, settings: Settings | None = None) -> None:
+    def __init__(self, config: Config, settings: Settings | None = None,
+                 zone: ZoneIndex | None = None) -> None:
         self.config = config
+        self.zone = zone
         self.settings = settings = settings or Settings()
         self.cache = Cache(settings.cache_entries, settings.cache_bytes)
         self.infra = upstream.Infra()
@@ -111,9 +129,15 @@ class Recursor:
             self.engine = Forwarder(config.forwarder, self.infra, timeout=settings.timeout,
                                     retries=settings.retries, dnssec=dnssec)
         elif config.recursion == "iterate":
-            self.engine = Iterator(self.cache, self.infra, self.nat64,
-                                   root_hints.load(config.root_hints), port=settings.port,
-                                   timeout=settings.timeout, retries=settings.retries, dnssec=dnssec)
+            hints = root_hints.load(config.root_hints)
+            policy = upstream.AddressPolicy(
+                [a for addrs in hints.values() for a in addrs],
+                [(e.host, e.port) for e in config.listen], settings.port)
+            self.engine = Iterator(self.cache, self.infra, self.nat64, hints, port=settings.port,
+                                   timeout=settings.timeout, retries=settings.retries,
+                                   max_delegation_bytes=settings.delegation_bytes,
+                                   max_per_zone=config.recursion_max_per_zone, policy=policy,
+                                   dnssec=dnssec)
         self._inflight: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
         self._judging: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
 
@@ -121,10 +145,10 @@ class Recursor:
         """Nothing to open: every upstream query uses its own socket (random port per query)."""
 
     async def close(self) -> None:
+        """Cancel the shared lookups and judgements; each one's own task removes its entry (clearing
+        the tables here made lookups still running fail with KeyError at shutdown)."""
         for future in (*self._inflight.values(), *self._judging.values()):
             future.cancel()
-        self._inflight.clear()
-        self._judging.clear()
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""
@@ -141,6 +165,9 @@ class Recursor:
         query was needed), "dns64" (synthesized), "recursion", "refused" or "error"."""
         if query.qclass != CLASS_IN or self.engine is None:
             return self._encode(query, REFUSED, (), (), limit), "refused"
+        if is_meta_qtype(query.qtype):
+            # the handler refuses these already; here too, so that no cache slot is ever reached
+            return self._encode(query, NOTIMP, (), (), limit), "error"
         trace = _Trace()
         try:
             async with asyncio.timeout(self.settings.query_timeout):
@@ -235,7 +262,8 @@ class Recursor:
             future.cancel()
             raise
         finally:
-            del self._judging[k]
+            if self._judging.get(k) is future:
+                del self._judging[k]
 
     async def _fetch(self, name: bytes, qtype: int) -> Answer:
         """An unvalidated lookup for the validator's own DS and DNSKEY queries."""
@@ -245,6 +273,8 @@ class Recursor:
         """The full answer for (name, qtype): cache first, then one shared resolution."""
         cached = self.cache.get(name, qtype)
         if cached is not None:
+            if cached.failed:
+                raise ResolveError("failed")  # RFC 9520: a recent failure is not retried at once
             return cached
         if cache_only:
             raise CacheMiss
@@ -266,18 +296,24 @@ class Recursor:
                 raise ResolveError("off")
             result = self.cache.put(name, qtype, await self.engine.lookup(name, qtype, Budget()))
             if result.rcode == NXDOMAIN and not result.answer:
-                self.cache.put(name, 0, result)
-            future.set_result(result)
+                self.cache.put(name, NAME_WIDE, result)
+            if not future.done():  # close() may have cancelled it
+                future.set_result(result)
             return result
+        except ResolveError as exc:
+            if exc.reason not in _OWN_FAILURES:
+                self.cache.put_failure(name, qtype)
+            _fail(future, exc)
+            raise
         except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            _fail(future, exc)
             raise
         except BaseException:
             future.cancel()
             raise
         finally:
-            del self._inflight[k]
+            if self._inflight.get(k) is future:
+                del self._inflight[k]
 
     async def _synthesize(self, name: bytes, aaaa: Answer, cache_only: bool,
                           trace: _Trace, cd: bool = False) -> Answer:
@@ -302,6 +338,7 @@ class Recursor:
         # 5.1.6/5.1.7: the SOA of the negative AAAA answer bounds the synthesized TTL
         soa = next(((rr.ttl, soa_minimum(rr.rdata)) for rr in aaaa.authority if rr.rtype == SOA),
                    None)
+        a: Answer | None
         try:
             a = await self._lookup(name, A, cache_only, trace)
         except (CacheMiss, ResolveError):
@@ -321,7 +358,12 @@ class Recursor:
                 synthesized.append(RR(rr.owner, AAAA, CLASS_IN,
                                       dns64.synthesized_ttl(rr.ttl, soa), rdata))
         if not any(rr.rtype == AAAA for rr in synthesized):
-            return fallback  # every A was non-global under the WKP (RFC 6052 3.1): nothing to offer
+            # no A, or every A non-global under the WKP (RFC 6052 3.1): nothing to offer. An answer
+            # of excluded addresses only stands as a NODATA (5.1.4), with the A answer's SOA when
+            # the AAAA answer had none, so that it is cached as a negative answer
+            if addresses and not a.answers(A) and not any(rr.rtype == SOA for rr in fallback.authority):
+                return replace(fallback, authority=tuple(rr for rr in a.authority if rr.rtype == SOA))
+            return fallback
         metrics.DNS64_SYNTHESIZED.labels(kind="aaaa").inc()
         trace.synthesized = True
         # 5.5 case 2: AD when the A answer and the AAAA answer's denial were both secure
@@ -332,8 +374,13 @@ class Recursor:
         return Answer(NOERROR, tuple(synthesized), (), security, dnssec_validator.EDE_SYNTHESIZED)
 
     async def _ptr(self, name: bytes, target: bytes, cache_only: bool, trace: _Trace) -> Answer:
-        """RFC 6147 5.3.1: alias the prefix's ip6.arpa name to in-addr.arpa and resolve that."""
-        result = await self._lookup(target, PTR, cache_only, trace)
+        """RFC 6147 5.3.1: alias the prefix's ip6.arpa name to in-addr.arpa and resolve that (from
+        dnsd's own reverse zone when it holds the name)."""
+        local = None if self.zone is None else authority.answer(self.zone, text(target), PTR)
+        if local is not None:
+            result = _from_zone(local.response)
+        else:
+            result = await self._lookup(target, PTR, cache_only, trace)
         ttls = [rr.ttl for rr in (*result.answer, *result.authority)]
         ttl = min([dns64.NO_SOA_TTL_CAP, *ttls])
         alias = RR(name, CNAME, CLASS_IN, ttl, target)
@@ -387,6 +434,33 @@ class Recursor:
 def _is_aaaa(rr: RR) -> bool:
     """An AAAA record or a signature over AAAA records."""
     return rr.rtype == AAAA or (rr.rtype == RRSIG and rr.rdata[:2] == b"\x00\x1c")
+
+
+def _from_zone(response: Response) -> Answer:
+    """An authoritative zone answer as the recursor's records (names and SOA in wire form)."""
+
+    def records(section: list[Any]) -> tuple[RR, ...]:
+        out = []
+        for owner, rtype, ttl, rdata in section:
+            if isinstance(rdata, str):
+                data = to_wire(rdata)
+            elif isinstance(rdata, tuple) and len(rdata) == 7:  # SOA: mname, rname, five numbers
+                data = to_wire(rdata[0]) + to_wire(rdata[1]) + struct.pack("!IIIII", *rdata[2:])
+            elif isinstance(rdata, tuple):  # SRV: priority, weight, port, target
+                data = struct.pack("!HHH", *rdata[:3]) + to_wire(rdata[3])
+            else:
+                data = bytes(rdata)
+            out.append(RR(to_wire(owner), rtype, CLASS_IN, ttl, data))
+        return tuple(out)
+
+    return Answer(response.rcode, records(response.answer), records(response.authority))
+
+
+def _fail(future: asyncio.Future[Answer], exc: Exception) -> None:
+    """Hand `exc` to the waiters of a shared lookup (unless close() cancelled it already)."""
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
 
 
 def _ipv4only_soa() -> RR:

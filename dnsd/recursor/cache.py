@@ -1,19 +1,27 @@
 """The answer cache shared by iterate and forward mode: positive and negative (RFC 2308) answers.
 
-Keyed by (case-folded wire qname, qtype); qtype 0 holds a name's NXDOMAIN, which RFC 2308 section 5
-says covers every type. Each entry keeps the answer twice: as `RR` tuples for the resolver's own use
-and pre-encoded (`wire`, answer then authority records, owners equal to the qname written as the
-pointer 0xC00C, which is valid in any response because the question always starts at offset 12)
-together with the offsets of every TTL, so that a fast path can serve an entry by copying bytes and
-patching TTLs (`Entry.patched`). TTLs count down: each record's TTL is its stored TTL minus the
-seconds since it was stored, and the entry expires with its shortest record.
+Keyed by (case-folded wire qname, qtype). A name's NXDOMAIN, which RFC 2308 section 5 says covers
+every type, is held under the type `NAME_WIDE` (-1), outside the 16-bit qtype space, so that no
+query can reach or overwrite it (qtype 0 used to be that slot: one TYPE0 query then made a name
+NODATA for every type). Resolution failures are cached briefly too (RFC 9520: `put_failure`,
+`Answer(SERVFAIL)`), so that a name whose servers fail is not asked again for every client.
 
-Size is bounded twice, by entry count and by the bytes the entries hold (an approximation of memory:
-encoded size plus a fixed per-entry overhead); the least recently used entry goes first.
+Each entry holds the answer as `RR` tuples. The pre-encoded form (`wire`, answer then authority
+records, owners equal to the qname written as the pointer 0xC00C, with the offsets of every TTL)
+is built on demand by `Entry.wire`/`Entry.patched` rather than stored: keeping both doubled the
+memory of every entry.
+
+Size is bounded twice, by entry count and by bytes (`footprint`: the objects an entry keeps alive,
+parsed records included, as tracemalloc measures them; tests/test_recursor_units.py checks the
+estimate); the least recently used entry goes first, and an answer bigger than a sixteenth of the
+byte budget (and 8 KiB) is not cached at all (it is passed on, not kept). Whether an answer is negative depends
+on the type asked: a CNAME chain that ends without data of that type is a NODATA (RFC 2308 section
+5), cached for min(chain TTLs, negative TTL), not for the CNAME's TTL.
 An answer carries its DNSSEC state (`Answer.security`, set once by the recursor's validator, and the
 EDE code to report), so cached answers keep their verdict; bogus ones are kept for `BOGUS_TTL` at most.
 The cache stores what it is given: deciding what is trustworthy (bailiwick, matching question) is the
-job of `iterator` and `forwarder`, which never hand it out-of-bailiwick records.
+job of `iterator` and `forwarder`, which never hand it out-of-bailiwick records. The entry shape is
+meant to grow (a validation state, a stale-serving deadline): `Answer` and `Entry` are the places.
 """
 
 from __future__ import annotations
@@ -33,8 +41,19 @@ MAX_TTL = 86400
 MAX_NEGATIVE_TTL = 3600
 #: Bogus answers (`Answer.security`, see validator) are kept this long at most.
 BOGUS, BOGUS_TTL = 3, 60
-#: Rough per-entry bookkeeping cost (objects, dict slot) added to the encoded size.
+#: Per-entry bookkeeping cost in bytes: the Entry and Answer objects, their tuples, the key tuple and
+#: bytes, the OrderedDict node (measured with tracemalloc on CPython 3.11, rounded up).
 ENTRY_OVERHEAD = 400
+#: Per-record cost beyond its owner and rdata octets: the RR tuple, two bytes objects' headers and
+#: the TTL int (measured: 216 bytes for a 17-octet owner and 4-octet rdata; rounded up).
+RR_OVERHEAD = 184
+#: The cache key type of a name's NXDOMAIN (covers every type); never a qtype on the wire.
+NAME_WIDE = -1
+#: RFC 9520 section 3.2: a resolution failure is cached at least 1 s (and at most 5 minutes);
+#: BIND's servfail-ttl is 1 s, Unbound keeps failed servers out for longer.
+FAILURE_TTL = 5.0
+_SERVFAIL = 2
+_ANY = 255
 
 _TTL = struct.Struct("!I")
 
@@ -53,7 +72,18 @@ class Answer:
 
     @property
     def negative(self) -> bool:
+        """No records at all, or an error; `answers(qtype)` is the precise test."""
         return self.rcode != 0 or not self.answer
+
+    def answers(self, qtype: int) -> bool:
+        """Whether this is a positive answer for `qtype`: NOERROR with data of that type (a CNAME
+        chain alone is a NODATA unless CNAME itself was asked; ANY takes any record)."""
+        return self.rcode == 0 and any(rr.rtype == qtype or qtype == _ANY for rr in self.answer)
+
+    @property
+    def failed(self) -> bool:
+        """A cached resolution failure (RFC 9520), not an answer."""
+        return self.rcode == _SERVFAIL
 
 
 @dataclass(slots=True)
@@ -63,9 +93,16 @@ class Entry:
     answer: Answer
     stored: float
     expires: float
-    wire: bytes
-    ttl_offsets: tuple[int, ...]
+    qname: bytes
     size: int
+
+    @property
+    def wire(self) -> bytes:
+        return _encode(self.qname, self.answer)[0]
+
+    @property
+    def ttl_offsets(self) -> tuple[int, ...]:
+        return _encode(self.qname, self.answer)[1]
 
     def age(self, now: float) -> int:
         return int(now - self.stored)
@@ -83,11 +120,20 @@ class Entry:
     def patched(self, now: float) -> bytes:
         """The pre-encoded records with TTLs counted down to `now` (for a byte-copying fast path)."""
         age = self.age(now)
-        buf = bytearray(self.wire)
-        for offset in self.ttl_offsets:
+        wire, offsets = _encode(self.qname, self.answer)
+        buf = bytearray(wire)
+        for offset in offsets:
             (ttl,) = _TTL.unpack_from(buf, offset)
             _TTL.pack_into(buf, offset, max(0, ttl - age))
         return bytes(buf)
+
+
+def footprint(qname: bytes, answer: Answer) -> int:
+    """Bytes an entry keeps alive (see ENTRY_OVERHEAD and RR_OVERHEAD)."""
+    size = ENTRY_OVERHEAD + 2 * len(qname)
+    for rr in (*answer.answer, *answer.authority):
+        size += RR_OVERHEAD + len(rr.owner) + len(rr.rdata)
+    return size
 
 
 def negative_ttl(authority: tuple[RR, ...]) -> int | None:
@@ -129,10 +175,11 @@ class Cache:
         return entry
 
     def get(self, qname: bytes, qtype: int, *, count: bool = True) -> Answer | None:
-        """The answer for (qname, qtype) with TTLs counted down, NXDOMAIN of the name, or None."""
+        """The answer for (qname, qtype) with TTLs counted down, NXDOMAIN of the name, a cached
+        failure (`Answer.failed`), or None."""
         entry = self.entry(qname, qtype)
-        if entry is None and qtype != 0:
-            entry = self.entry(qname, 0)
+        if entry is None and qtype != NAME_WIDE:
+            entry = self.entry(qname, NAME_WIDE)
         if count:
             (self._hits if entry is not None else self._misses).inc()
         return None if entry is None else entry.current(self.clock())
@@ -144,7 +191,7 @@ class Cache:
         time too, so a fresh answer never promises more than the cached one will keep (a negative
         answer's SOA carries the negative TTL, not its own longer TTL).
         """
-        if answer.negative:
+        if not answer.answers(qtype):
             ttl = negative_ttl(answer.authority)
             if ttl is None:
                 return answer  # RFC 2308 5: a negative answer without SOA is not cached
@@ -163,18 +210,27 @@ class Cache:
             ttl = min(ttl, BOGUS_TTL)  # retried soon: the zone may be fixed (Unbound's val-bogus-ttl)
         if ttl <= 0:
             return answer
-        now = self.clock()
-        wire, offsets = _encode(qname, answer)
+        self._store(qname, qtype, answer, ttl)
+        return answer
+
+    def put_failure(self, qname: bytes, qtype: int, seconds: float = FAILURE_TTL) -> None:
+        """Remember that resolving (qname, qtype) failed, for `seconds` (RFC 9520 section 3)."""
+        self._store(qname, qtype, Answer(_SERVFAIL), seconds)
+
+    def _store(self, qname: bytes, qtype: int, answer: Answer, ttl: float) -> None:
+        size = footprint(qname, answer)
         k = (key(qname), qtype)
         if k in self._entries:
             self._remove(k)
-        entry = Entry(answer, now, now + ttl, wire, offsets, len(wire) + ENTRY_OVERHEAD)
+        if size > min(self.max_bytes, max(self.max_bytes // 16, 8192)):
+            return  # a huge answer is served once and not kept: it would evict everything else
+        now = self.clock()
+        entry = Entry(answer, now, now + ttl, k[0], size)
         self._entries[k] = entry
         self.bytes += entry.size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             self._remove(next(iter(self._entries)))
         self._gauge.set(len(self._entries))
-        return answer
 
     def clear(self) -> None:
         self._entries.clear()

@@ -10,12 +10,16 @@ upstream queries, referrals, nested lookups of name server addresses).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dnsd.recursor.message import CNAME, DNAME, RR, first_name, is_subdomain, key
 
-#: Longest CNAME/DNAME chain followed (Unbound: 11 restarts; BIND: 16).
+#: Longest CNAME/DNAME chain followed, counted in links over the whole chain, across responses
+#: and zones (Unbound: 11 restarts; BIND: 16).
 MAX_CHAIN = 12
+#: Upstream queries one client query may send to one server address (a referral whose NS names all
+#: point at one victim address must not turn one client query into 40 packets towards it).
+MAX_PER_ADDRESS = 6
 
 
 class ResolveError(Exception):
@@ -34,6 +38,19 @@ class Budget:
     referrals: int = 30     # delegations followed in all
     depth: int = 4          # nesting of name server address lookups
     ns_lookups: int = 3     # glueless NS names resolved per delegation (the NXNSAttack bound)
+    targets: int = 64       # name server address lookups in all (Unbound's 64 targets per query)
+    #: queries sent per server address in this client query (bounded by MAX_PER_ADDRESS)
+    sent: dict[str, int] = field(default_factory=dict)
+    #: the shared fetch this query is waiting on (iterator in-flight sharing; deadlock detection)
+    waiting: tuple[bytes, int] | None = None
+
+    def may_send(self, address: str) -> bool:
+        """Whether one more query to `address` stays within MAX_PER_ADDRESS; counts it if so."""
+        count = self.sent.get(address, 0)
+        if count >= MAX_PER_ADDRESS:
+            return False
+        self.sent[address] = count + 1
+        return True
 
     def spend_query(self) -> None:
         self.queries -= 1

@@ -1,37 +1,55 @@
 """Iterative resolution from the root hints (RFC 1034 section 5.3.3, the "resolver algorithm").
 
-For each name the iterator starts at the closest known delegation, asks its servers (lowest smoothed
-RTT first, every server once per round, `retries` extra rounds), and classifies the response:
-answer, CNAME/DNAME hop, NXDOMAIN, NODATA, or referral to a zone strictly below the current one and
-above the name. Anything else (lame, REFUSED, SERVFAIL, a referral sideways or upwards) moves on to
-the next server. Chains continue across zones up to `chain.MAX_CHAIN` hops.
+For each name the iterator starts at the closest known delegation, asks its servers (servers within
+`RTT_BAND` of the fastest in random order, then the slower ones, then those known lame for the zone
+or down; a retry round only for servers that timed out), and classifies the response: answer,
+CNAME/DNAME hop, NXDOMAIN, NODATA, or referral to a zone strictly below the current one and above
+the name. Anything else (lame, REFUSED, SERVFAIL, a referral sideways or upwards) marks the server
+lame for that zone only (RFC 4697 2.1: a server lame for an attacker's zone stays good for its
+own) and moves on to the next server. Chains continue across zones up to `chain.MAX_CHAIN` links
+in all.
 
-Trust rules (RFC 2181 section 5.4.1, RFC 5452 section 6):
+Trust rules (RFC 2181 section 5.4.1, RFC 5452 section 6, RFC 6604 section 2.1):
 * only records at or below the zone of the server asked (its bailiwick) are used or cached: an
   answer or authority record outside it, and any additional record outside it, is ignored;
 * glue is taken only for the referral's own NS names and only inside the bailiwick of the server
   that gave the referral; other addresses are looked up from their own zones;
-* answer data is accepted only from authoritative (AA) responses.
+* answer data is accepted only from authoritative (AA) responses;
+* the rcode of a response belongs to the last name of its chain and is believed only from that
+  name's own zone: an NXDOMAIN that carries a CNAME is a CNAME step, and the target is resolved
+  (and found NXDOMAIN or not) by its own servers;
+* server addresses pass `upstream.AddressPolicy` (never dnsd itself, no unspecified addresses,
+  loopback only for a loopback hierarchy).
 
 DNSSEC (`dnssec=True`, from `--dnssec-validation on`): queries carry DO=1, answers keep the RRSIGs
 over their RRsets and the NSEC/NSEC3 proofs of the authority section (all inside the bailiwick), and DS
 queries start at the delegation above the name, since DS lives on the parent side of a zone cut. The
 iterator itself judges nothing: `validator.Validator` does, on the whole answer, in the recursor.
 
-Work is bounded by `chain.Budget`: upstream queries, referrals, nesting of name server address
-lookups, and at most `ns_lookups` glueless NS names resolved per delegation (NXNSAttack). IPv4
-server addresses go through `upstream.Nat64` so that an IPv6-only host reaches them via NAT64.
+Bounded work and memory, per client query (`chain.Budget`: upstream queries, queries per server
+address, referrals, nesting and number of name server address lookups, glueless NS names per
+delegation, the NXNSAttack bound) and for the process: at most `max_per_zone` fetches in progress
+towards one zone (beyond it SERVFAIL at once, `dnsd_limit_hits_total{limit="recursion_per_zone"}`),
+identical questions in flight shared by every client query that needs them (RFC 5452 section 5:
+a burst of names that all CNAME to one target sends one query for it, not one each), failures
+cached for `cache.FAILURE_TTL` (RFC 9520), and a delegation store bounded in entries and bytes,
+least recently used first, holding at most `MAX_NS_PER_DELEGATION` NS names per zone cut.
+IPv4 server addresses go through `upstream.Nat64` so that an IPv6-only host reaches them via NAT64.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import random
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dnsd import metrics
 from dnsd.recursor import upstream, validator
-from dnsd.recursor.cache import MAX_TTL, Answer, Cache
+from dnsd.recursor.cache import MAX_TTL, NAME_WIDE, Answer, Cache
 from dnsd.recursor.chain import MAX_CHAIN, Budget, ResolveError, follow
 from dnsd.recursor.message import (
     AAAA,
@@ -52,6 +70,27 @@ from dnsd.recursor.message import (
 )
 
 _DS, _RRSIG = 43, 46
+#: NS names kept per delegation point (Unbound keeps 16 targets per delegation point): a referral
+#: with 3,000 NS names costs what one with 16 costs.
+MAX_NS_PER_DELEGATION = 16
+#: Addresses kept per name server name, from glue or from a lookup.
+MAX_ADDRESSES_PER_NS = 8
+#: Servers whose smoothed RTT is within this of the fastest one are asked in random order, so a
+#: measured server is explored again now and then (Unbound's 400 ms band).
+RTT_BAND = 0.4
+#: How long a server stays lame for one zone after a lame, REFUSED or SERVFAIL answer for it.
+LAME_SECONDS = 120.0
+#: (address, zone) lameness entries remembered.
+MAX_LAME = 10_000
+#: Bookkeeping bytes of a delegation, of each NS name and each address in it (tracemalloc, rounded up).
+DELEGATION_OVERHEAD = 500
+NS_OVERHEAD = 200
+ADDRESS_OVERHEAD = 120
+#: Failures that say something about this query (its budget, our own limits), not about the name:
+#: those are not cached.
+_OWN_FAILURES = frozenset({"budget", "zone_limit", "cancelled", "deadlock"})
+
+_TIMEOUT, _DEFINITE, _SKIPPED = "timeout", "definite", "skipped"
 
 
 @dataclass(slots=True)
@@ -62,6 +101,20 @@ class Delegation:
     servers: dict[bytes, list[str]]
     expires: float
 
+    def size(self) -> int:
+        """Bytes it keeps alive, for the delegation store's byte bound."""
+        return (DELEGATION_OVERHEAD + len(self.zone)
+                + sum(NS_OVERHEAD + len(ns) + ADDRESS_OVERHEAD * len(addrs)
+                      for ns, addrs in self.servers.items()))
+
+
+@dataclass(slots=True)
+class _Fetch:
+    """A step in flight, shared by every query that needs the same (name, type)."""
+
+    future: asyncio.Future[Answer]
+    owner: Budget
+
 
 class Iterator:
     """Resolves (name, type) by iteration; one instance per Recursor, sharing its cache."""
@@ -69,7 +122,9 @@ class Iterator:
     def __init__(self, cache: Cache, infra: upstream.Infra, nat64: upstream.Nat64,
                  hints: dict[bytes, list[str]], *, port: int = 53, timeout: float = 1.5,
                  retries: int = 1, edns_size: int = upstream.EDNS_SIZE,
-                 max_delegations: int = 10_000, dnssec: bool = False) -> None:
+                 max_delegations: int = 10_000, max_delegation_bytes: int = 16 * 1024 * 1024,
+                 max_per_zone: int = 100, policy: upstream.AddressPolicy | None = None,
+                 dnssec: bool = False) -> None:
         self.cache = cache
         #: DNSSEC: ask with DO=1 and keep RRSIG/NSEC/NSEC3 records for the validator
         self.dnssec = dnssec
@@ -81,7 +136,20 @@ class Iterator:
         self.retries = retries
         self.edns_size = edns_size
         self.max_delegations = max_delegations
-        self._delegations: OrderedDict[bytes, Delegation] = OrderedDict()
+        self.max_delegation_bytes = max_delegation_bytes
+        self.max_per_zone = max_per_zone
+        self.policy = policy or upstream.AddressPolicy(
+            [a for addrs in hints.values() for a in addrs], [], port)
+        self.delegation_bytes = 0
+        self._delegations: OrderedDict[bytes, tuple[Delegation, int]] = OrderedDict()
+        self._fetches: dict[tuple[bytes, int], _Fetch] = {}
+        self._busy: dict[bytes, int] = {}
+        self._lame: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+
+    @property
+    def in_flight(self) -> int:
+        """Shared steps in progress (for tests)."""
+        return len(self._fetches)
 
     async def lookup(self, qname: bytes, qtype: int, budget: Budget) -> Answer:
         """The answer for (qname, qtype) with the CNAME/DNAME chain, following it across zones."""
@@ -89,9 +157,11 @@ class Iterator:
         extra: list[RR] = []  # DNSSEC proofs of earlier steps (a wildcard-expanded CNAME's)
         name = qname
         seen = {key(name)}
-        for _ in range(MAX_CHAIN):
-            step = await self._step(name, qtype, budget)
+        while True:
+            step = await self._shared_step(name, qtype, budget)
             chain.extend(step.answer)
+            if sum(1 for rr in chain if rr.rtype == CNAME) > MAX_CHAIN:
+                raise ResolveError("chain")  # links counted over the whole chain, not per response
             _, following = follow(step.answer, name, qtype)
             if following is None or step.rcode != NOERROR:
                 return Answer(step.rcode, tuple(chain), (*step.authority, *extra))
@@ -100,16 +170,73 @@ class Iterator:
                 raise ResolveError("loop")
             seen.add(key(following))
             name = following
-        raise ResolveError("chain")
 
-    async def _step(self, name: bytes, qtype: int, budget: Budget) -> Answer:
-        """One name: from the cache, else by walking down from the closest delegation."""
+    async def _shared_step(self, name: bytes, qtype: int, budget: Budget) -> Answer:
+        """`_step`, with one fetch per (name, type) in flight however many queries need it."""
         cached = self.cache.get(name, qtype, count=False)  # hits are counted per client lookup
         if cached is not None:
+            if cached.failed:
+                raise ResolveError("failed")  # RFC 9520: not asked again for a while
             return cached
+        k = (key(name), qtype)
+        fetch = self._fetches.get(k)
+        if fetch is not None:
+            if self._would_deadlock(fetch, budget):
+                raise ResolveError("deadlock")
+            budget.waiting = k
+            try:
+                return await asyncio.shield(fetch.future)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise ResolveError("cancelled") from None  # the query that owned it gave up
+            finally:
+                budget.waiting = None
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._fetches[k] = _Fetch(future, budget)
+        try:
+            result = await self._step(name, qtype, budget)
+            future.set_result(result)
+            return result
+        except ResolveError as exc:
+            if exc.reason not in _OWN_FAILURES:
+                self.cache.put_failure(name, qtype)
+            future.set_exception(exc)
+            future.exception()  # waiters (if any) re-raise it themselves
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            if self._fetches.get(k) is not None and self._fetches[k].future is future:
+                del self._fetches[k]
+
+    def _would_deadlock(self, fetch: _Fetch, budget: Budget) -> bool:
+        """Whether waiting on `fetch` closes a cycle: its owner waits (through other fetches) on
+        something this query itself is resolving, e.g. two zones whose glueless servers lie in each
+        other. Each query waits on at most one fetch at a time, so the chain is a path."""
+        owner = fetch.owner
+        for _ in range(64):
+            if owner is budget:
+                return True
+            if owner.waiting is None:
+                return False
+            following = self._fetches.get(owner.waiting)
+            if following is None:
+                return False
+            owner = following.owner
+        return True
+
+    async def _step(self, name: bytes, qtype: int, budget: Budget) -> Answer:
+        """One name: an alias from the cache, else by walking down from the closest delegation."""
         if qtype != CNAME:
             alias = self.cache.get(name, CNAME, count=False)
-            if alias is not None and not alias.negative:
+            if alias is not None and alias.answers(CNAME):
                 return alias
         # DS lives on the parent side of a zone cut (RFC 4035 3.1.4.1): ask above the name
         delegation = self._closest(parent(name) if qtype == _DS else name)
@@ -126,66 +253,157 @@ class Iterator:
         while probe != b"\x00":
             found = self._delegations.get(probe)
             if found is not None:
-                if found.expires > now:
-                    return found
-                del self._delegations[probe]
+                if found[0].expires > now:
+                    self._delegations.move_to_end(probe)  # LRU: the TLDs stay
+                    return found[0]
+                self._forget(probe)
             probe = probe[1 + probe[0]:]
         return self.root
 
     def _remember(self, delegation: Delegation) -> None:
         k = key(delegation.zone)
-        self._delegations.pop(k, None)
-        self._delegations[k] = delegation
-        while len(self._delegations) > self.max_delegations:
-            self._delegations.popitem(last=False)
+        if k in self._delegations:
+            self._forget(k)
+        size = delegation.size()
+        self._delegations[k] = (delegation, size)
+        self.delegation_bytes += size
+        while len(self._delegations) > self.max_delegations or \
+                self.delegation_bytes > self.max_delegation_bytes:
+            self._forget(next(iter(self._delegations)))
 
-    def _by_rtt(self, addresses: list[str]) -> list[str]:
-        return sorted(addresses, key=lambda a: self.infra.rtt(a, self.port))
+    def _forget(self, k: bytes) -> None:
+        _, size = self._delegations.pop(k)
+        self.delegation_bytes -= size
+
+    def _usable(self, addresses: Iterable[str], known: Iterable[str] = ()) -> list[str]:
+        """`addresses` without duplicates, without `known` ones, and only those policy allows."""
+        seen = set(known)
+        out = []
+        for address in addresses:
+            if address not in seen and self.policy.allowed(address):
+                seen.add(address)
+                out.append(address)
+        return out
+
+    def _bad(self, address: str, zone: bytes, now: float) -> bool:
+        """Known lame for `zone`, or down (timeouts) for everyone."""
+        until = self._lame.get((address, zone))
+        return (until is not None and until > now) or not self.infra.up(address, self.port)
+
+    def _order(self, addresses: list[str], zone: bytes) -> list[str]:
+        """Good servers first: those within RTT_BAND of the fastest at random, then by RTT; then
+        lame or down ones by RTT."""
+        now = time.monotonic()
+        rtt = {a: self.infra.rtt(a, self.port) for a in addresses}
+        good = sorted((a for a in addresses if not self._bad(a, zone, now)), key=rtt.__getitem__)
+        bad = sorted((a for a in addresses if self._bad(a, zone, now)), key=rtt.__getitem__)
+        if len(good) > 1:
+            band = [a for a in good if rtt[a] <= rtt[good[0]] + RTT_BAND]
+            random.shuffle(band)
+            good[: len(band)] = band
+        return good + bad
+
+    def _mark_lame(self, address: str, zone: bytes) -> None:
+        k = (address, zone)
+        self._lame.pop(k, None)
+        self._lame[k] = time.monotonic() + LAME_SECONDS
+        while len(self._lame) > MAX_LAME:
+            self._lame.popitem(last=False)
 
     async def _ask(self, delegation: Delegation, name: bytes, qtype: int,
                    budget: Budget) -> Answer | Delegation:
-        """Ask the delegation's servers until one gives a usable response."""
-        addresses = self._by_rtt([a for addrs in delegation.servers.values() for a in addrs])
-        glueless = [ns for ns, addrs in delegation.servers.items()
-                    if not addrs and not is_subdomain(ns, delegation.zone)]
-        # RFC 1034 5.3.3 allows chasing glueless names; NXNSAttack says: only a few of them
-        glueless = glueless[: budget.ns_lookups]
-        for attempt in range(self.retries + 1):
-            index = 0
-            while True:
-                if index >= len(addresses):
-                    if attempt == 0 and glueless:
-                        found = await self._addresses_of(glueless.pop(0), budget)
-                        addresses.extend(a for a in self._by_rtt(found) if a not in addresses)
-                        continue
-                    break
-                address = addresses[index]
-                index += 1
-                target = self.nat64.map(address)
-                if target is None:
-                    continue  # IPv4 without a route and no NAT64 mapping possible
-                if attempt == 0 and index < len(addresses) and not self.infra.up(target, self.port):
-                    continue  # known-bad servers wait for the retry round
+        """Ask the delegation's servers, at most `max_per_zone` such asks at once per zone."""
+        zone = key(delegation.zone)
+        busy = self._busy.get(zone, 0)
+        if busy >= self.max_per_zone:
+            metrics.LIMIT_HITS.labels("recursion_per_zone").inc()
+            raise ResolveError("zone_limit")
+        self._busy[zone] = busy + 1
+        try:
+            return await self._ask_servers(delegation, zone, name, qtype, budget)
+        finally:
+            left = self._busy[zone] - 1
+            if left:
+                self._busy[zone] = left
+            else:
+                del self._busy[zone]
 
-                budget.spend_query()
-                try:
-                    msg = await upstream.query(target, self.port, name, qtype, rd=False,
-                                               infra=self.infra, mode="iterate",
-                                               wait=self.timeout, edns_size=self.edns_size,
-                                               do=self.dnssec)
-                except upstream.UpstreamError:
+    async def _ask_servers(self, delegation: Delegation, zone: bytes, name: bytes, qtype: int,
+                           budget: Budget) -> Answer | Delegation:
+        """Ask the delegation's servers until one gives a usable response.
+
+        Each address once per round; only those that timed out get another round (a REFUSED, a
+        lame answer or an ICMP error is definite). Known-bad servers wait for the retry round
+        unless nothing else is left. Glueless NS names are resolved only when the known addresses
+        are used up, and only `budget.ns_lookups` of them (NXNSAttack)."""
+        queue = self._order(self._usable(a for addrs in delegation.servers.values() for a in addrs),
+                            zone)
+        tried: set[str] = set(queue)
+        glueless = [ns for ns, addrs in delegation.servers.items()
+                    if not addrs and not is_subdomain(ns, delegation.zone)][: budget.ns_lookups]
+        retry: list[str] = []
+        deferred: list[str] = []
+        now = time.monotonic()
+        while True:
+            if not queue:
+                if glueless:
+                    found = await self._addresses_of(glueless.pop(0), budget)
+                    fresh = self._usable(found, tried)
+                    tried.update(fresh)
+                    queue = self._order(fresh, zone)
                     continue
-                outcome = self._classify(msg, delegation, name, qtype)
-                if outcome is not None:
+                if deferred:
+                    queue, deferred = deferred, []
+                    now = float("inf")  # nothing else is left: ask the bad ones now
+                    continue
+                break
+            address = queue.pop(0)
+            if now != float("inf") and (queue or glueless) and self._bad(address, zone, now):
+                deferred.append(address)
+                continue
+            outcome = await self._try(address, delegation, zone, name, qtype, budget)
+            if outcome == _TIMEOUT:
+                retry.append(address)
+            elif not isinstance(outcome, str):
+                return outcome
+        for _attempt in range(self.retries):
+            queue, retry = retry, []
+            for address in queue:
+                outcome = await self._try(address, delegation, zone, name, qtype, budget)
+                if outcome == _TIMEOUT:
+                    retry.append(address)
+                elif not isinstance(outcome, str):
                     return outcome
-                self.infra.failure(target, self.port, timeout=False)  # lame for this zone
         raise ResolveError("unreachable")
+
+    async def _try(self, address: str, delegation: Delegation, zone: bytes, name: bytes, qtype: int,
+                   budget: Budget) -> Answer | Delegation | str:
+        """One query to one server: its outcome, or _TIMEOUT / _DEFINITE (failed) / _SKIPPED."""
+        target = self.nat64.map(address)
+        if target is None:
+            return _SKIPPED  # IPv4 without a route and no NAT64 mapping possible
+        if not budget.may_send(address):
+            return _SKIPPED
+        budget.spend_query()
+        try:
+            msg = await upstream.query(target, self.port, name, qtype, rd=False,
+                                       infra=self.infra, mode="iterate",
+                                       wait=self.timeout, edns_size=self.edns_size,
+                                       do=self.dnssec)
+        except upstream.UpstreamError as exc:
+            return _TIMEOUT if exc.reason == "timeout" else _DEFINITE
+        outcome = self._classify(msg, delegation, name, qtype)
+        if outcome is None:
+            self._mark_lame(address, zone)  # lame for this zone only (RFC 4697 2.1)
+            return _DEFINITE
+        return outcome
 
     async def _addresses_of(self, ns: bytes, budget: Budget) -> list[str]:
         """Addresses of a glueless name server, looked up in its own zone (bounded nesting)."""
-        if budget.depth <= 0:
+        if budget.depth <= 0 or budget.targets <= 0:
             return []
         budget.depth -= 1
+        budget.targets -= 1
         found: list[str] = []
         try:
             for rtype in (A, AAAA):
@@ -201,7 +419,7 @@ class Iterator:
                     break
         finally:
             budget.depth += 1
-        return found
+        return found[:MAX_ADDRESSES_PER_NS]
 
     def _classify(self, msg: Message, delegation: Delegation, name: bytes,
                   qtype: int) -> Answer | Delegation | None:
@@ -220,14 +438,16 @@ class Iterator:
             if self.dnssec:
                 chain = validator.with_signatures(chain, answer)
             soa = (*soa, *proofs)
-            result = Answer(NXDOMAIN, tuple(chain), soa)
             if chain:
+                if following is None:
+                    return None  # data for the last name and NXDOMAIN: inconsistent, lame
+                # RFC 6604 2.1: the rcode is about the chain's last name, which only its own
+                # zone may say: a CNAME step, whose target is resolved from where it lives
                 self._cache_chain(chain, qtype)
-                if following is not None:
-                    self.cache.put(following, 0, Answer(NXDOMAIN, (), soa))
-            else:
-                self.cache.put(name, qtype, result)
-                self.cache.put(name, 0, result)
+                return Answer(NOERROR, tuple(chain), ())
+            result = Answer(NXDOMAIN, (), soa)
+            self.cache.put(name, qtype, result)
+            self.cache.put(name, NAME_WIDE, result)
             return result
         if msg.rcode != NOERROR:
             return None
@@ -244,13 +464,19 @@ class Iterator:
             if key(child) == key(zone) or not is_subdomain(child, zone) or \
                     not is_subdomain(name, child):
                 return None  # a referral sideways or upwards: lame (RFC 1034 5.3.3 step 4)
-            servers: dict[bytes, list[str]] = {
-                key(first_name(rr.rdata)): [] for rr in ns if key(rr.owner) == key(child)}
+            servers: dict[bytes, list[str]] = {}
+            for rr in ns:
+                if key(rr.owner) == key(child) and len(servers) < MAX_NS_PER_DELEGATION:
+                    servers.setdefault(key(first_name(rr.rdata)), [])
             for rr in msg.additional:
                 # glue only for the referral's own NS names and only inside the bailiwick of the
                 # server that sent it (RFC 5452 6, RFC 2181 5.4.1)
                 if rr.rtype in (A, AAAA) and key(rr.owner) in servers and inside(rr):
-                    servers[key(rr.owner)].append(_address(rr))
+                    addresses = servers[key(rr.owner)]
+                    address = _address(rr)
+                    if len(addresses) < MAX_ADDRESSES_PER_NS and address not in addresses \
+                            and self.policy.allowed(address):
+                        addresses.append(address)
             ttl = min(MAX_TTL, *(rr.ttl for rr in ns))
             referral = Delegation(child, servers, time.monotonic() + max(ttl, 1))
             self._remember(referral)

@@ -11,6 +11,12 @@ not match, waiting on for the real answer until the timeout, as RFC 5452 section
 server mishandles EDNS (then it is asked without OPT: RFC 6891 section 7 fallback), and consecutive
 failures for the forwarder's health tracking.
 
+`AddressPolicy` is the contract's rule for addresses learned from referrals and glue: never one
+of dnsd's own listeners, never an unspecified address, and loopback or link-local only when the
+configured root hints or forwarders are themselves loopback or link-local (Unbound's
+`do-not-query-localhost`, made automatic so that a loopback test hierarchy needs no flag). An
+attacker's glue pointing at 127.0.0.1 or a node-local service is therefore never queried.
+
 `Nat64` maps IPv4 server addresses into the NAT64 prefix when this host has no IPv4 route (Unbound's
 `do-nat64`): the test is a `connect()` of a UDP socket, which consults the routing table without
 sending a packet, so it works the same whatever the configuration says.
@@ -38,6 +44,7 @@ UNKNOWN_RTT = 0.376
 #: RTT assigned after a timeout is doubled up to this bound.
 MAX_RTT = 12.0
 _MAX_TCP_MESSAGE = 65535
+_OPCODE_MASK = 0x7800
 
 
 class UpstreamError(Exception):
@@ -96,6 +103,36 @@ class Infra:
         return state is None or state.down_until <= time.monotonic()
 
 
+class AddressPolicy:
+    """Which server addresses learned from the Internet may be queried (see the module docstring)."""
+
+    def __init__(self, configured: list[str], listeners: list[tuple[str, int]], port: int) -> None:
+        parsed = [ipaddress.ip_address(a) for a in configured]
+        self.local_ok = any(a.is_loopback or a.is_link_local for a in parsed)
+        self.port = port
+        self.listeners = {(ipaddress.ip_address(h), p) for h, p in listeners}
+        if any(h.is_unspecified and p == port for h, p in self.listeners):
+            # a wildcard listener on the servers' port is reached through the host's own
+            # loopback addresses (other loopback addresses may be bound by other servers)
+            self.listeners |= {(ipaddress.ip_address("127.0.0.1"), port),
+                               (ipaddress.ip_address("::1"), port)}
+
+    def allowed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified or (ip, self.port) in self.listeners or ip.is_multicast:
+            return False
+        if ip.version == 4 and ip.packed[0] == 0:
+            return False  # 0.0.0.0/8, "this network" (RFC 1122): the kernel treats it as local
+        if ip.is_loopback or ip.is_link_local:
+            return self.local_ok
+        return True
+
+
 class Nat64:
     """Reach IPv4-only servers through the NAT64 prefix when IPv4 itself is not routed."""
 
@@ -146,6 +183,8 @@ def _matches(msg: Message, ident: int, qname: bytes, qtype: int) -> bool:
     """RFC 5452 section 9.1: only a response with our ID and our question is an answer."""
     if not msg.flags & QR or msg.id != ident:
         return False
+    if msg.flags & _OPCODE_MASK:
+        return False  # RFC 1035 4.1.1: the response's opcode is the query's (QUERY, 0); NOTIFY/UPDATE are not answers
     if msg.qname == b"":
         # some servers omit the question in FORMERR/NOTIMP answers to EDNS; accept only those
         return msg.rcode in (FORMERR, NOTIMP)

@@ -299,3 +299,24 @@ def test_zone_transfer_carries_the_internets_view(tmp_path: Path) -> None:
         addresses = {t[2] for t in texts if t[1] in ("A", "AAAA")}
         assert addresses == {"2001:db8:42::20", "203.0.113.30", "2001:db8:43::1", "2001:db8::53"}
         assert not any(t[0].startswith(("db.private", "private.svc", "priv.peers")) for t in texts)
+
+
+def test_every_worker_answers_the_internet_from_its_view(tmp_path: Path) -> None:
+    """With --workers 2 the follower builds the Internet's view from the batches it follows."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(MANIFESTS)
+    with DnsdProcess("--zone", ZONE, "--source", f"file:{path}", "--allow-recursion", "127.0.0.1/32",
+                     "--recursion", "off", "--workers", "2", http="127.0.0.1:0") as dnsd:
+        deadline = time.monotonic() + 30
+        name, hidden = f"lb.shop.svc.{ZONE}", f"db.private.svc.{ZONE}"
+        per_worker: dict[str, float] = {}
+        # SO_REUSEPORT spreads clients by source port: fresh sockets reach both processes
+        while len(per_worker) < 2 or not all(v > 0 for v in per_worker.values()):
+            assert time.monotonic() < deadline, (per_worker, dnsd.output())
+            for _ in range(20):
+                assert rdata_texts(ask(dnsd, INTERNET, name, "A"), "A") == ["203.0.113.30"]
+                assert ask(dnsd, INTERNET, hidden, "AAAA").rcode() == dns.rcode.NXDOMAIN
+                assert rdata_texts(ask(dnsd, CLUSTER, name, "A"), "A") == ["10.96.0.30", "203.0.113.30"]
+            time.sleep(0.2)  # followers report their counters once a second
+            per_worker = {labels["worker"]: value
+                          for labels, value in dnsd.metric_samples("dnsd_worker_queries_total")}

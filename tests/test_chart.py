@@ -242,6 +242,20 @@ def test_schema_rejects_wrong_values(helm: str, tmp_path: Path, values: dict[str
     assert message in result.stderr
 
 
+def test_external_traffic_policy_cluster_is_refused_for_a_public_service(helm: str, tmp_path: Path) -> None:
+    """Views and recursion follow the client's source address, which Cluster replaces with a node's."""
+    for service_type in ("LoadBalancer", "NodePort"):
+        path = write_values(tmp_path, {"service": {"type": service_type, "externalTrafficPolicy": "Cluster"}})
+        result = run_helm(helm, "template", "dnsd", str(CHART), "--values", str(path))
+        assert result.returncode != 0
+        assert "externalTrafficPolicy: Cluster is refused" in result.stderr and "Use Local" in result.stderr
+    path = write_values(tmp_path, {"service": {"type": "ClusterIP", "externalTrafficPolicy": "Cluster"}})
+    assert run_helm(helm, "template", "dnsd", str(CHART), "--values", str(path)).returncode == 0
+    rendered = render(helm, None, "config.publish_networks[0]=2001:db8::/32")
+    config = yaml.safe_load(only(rendered, "ConfigMap")["data"]["dnsd.yaml"])
+    assert config["publish_networks"] == ["2001:db8::/32"]
+
+
 def test_lint_rejects_wrong_values(helm: str, tmp_path: Path) -> None:
     path = write_values(tmp_path, {"config": {"ttl": "thirty"}})
     result = run_helm(helm, "lint", "--strict", str(CHART), "--values", str(path))

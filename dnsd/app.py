@@ -65,6 +65,10 @@ class App:
         metrics.ZONE_SERIAL.set(self.zone.serial)
         metrics.ZONE_RECORDS.set(self.zone.record_count)
         metrics.ZONE_SERVICES.set(len(self.zone.services))
+        for view, index in (("cluster", self.zone), ("internet", self.internet)):
+            services, hostnames = index.published_names()
+            metrics.ZONE_NAMES.labels(source="service", view=view).set(services)
+            metrics.ZONE_NAMES.labels(source="annotation", view=view).set(hostnames)
         metrics.SOURCE_SYNCED.set(1 if self.zone.synced else 0)
         if self.handler is not None:
             metrics.CACHE_ENTRIES.labels(cache="answers").set(self.handler.cached_responses)

@@ -68,6 +68,7 @@ from typing import Any, TypeVar, Union
 
 from dnsd.config import Config
 from dnsd.kube.model import ServiceRecord, SliceRecord
+from dnsd.metrics import OBJECTS_SKIPPED
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +322,17 @@ class ZoneIndex:
         mname = self.config.nameserver[0].name if self.config.nameserver else f"ns1.{self.apex}"
         owner = self.apex if apex is None or apex.reverse_network is not None else apex.name
         return (mname, f"hostmaster.{owner}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
+
+    def published_names(self) -> tuple[int, int]:
+        """(Service names, annotated hostnames) that exist in this index (for the names metric)."""
+        exists = self.exists
+        domain = self.cluster_domain
+        services = hostnames = 0
+        for service in self.services.values():
+            if exists(f"{service.name}.{service.namespace}.svc.{domain}"):
+                services += 1
+                hostnames += sum(1 for h in service.hostnames if exists(h))
+        return services, hostnames
 
     @property
     def record_count(self) -> int:
@@ -580,6 +592,7 @@ class ZoneIndex:
         if self.warns and record.hostnames:
             outside = [h for h in record.hostnames if self.find_apex(h) is None]
             if outside:
+                OBJECTS_SKIPPED.labels(reason="outside_zones").inc(len(outside))
                 logger.warning("Service %s/%s: hostname %s outside every zone; skipped", record.namespace,
                                record.name, ", ".join(outside))
 

@@ -70,11 +70,12 @@ def ask(dnsd: DnsdProcess, qname: str, qtype: str, source: str = "127.0.0.1") ->
     return dns.query.udp(message, dnsd.host, port=dnsd.port, timeout=3, source=source)
 
 
-def start(tmp_path: Path) -> DnsdProcess:
+def start(tmp_path: Path, http: str = "off") -> DnsdProcess:
     path = tmp_path / "cluster.yaml"
     path.write_text(MANIFESTS)
     return DnsdProcess("--zone", ZONE, "--zone", SECOND, "--source", f"file:{path}", "--recursion", "off",
-                       "--allow-recursion", "127.0.0.1/32", "--nameserver", f"ns1.{ZONE}=2001:db8::53").start()
+                       "--allow-recursion", "127.0.0.1/32", "--nameserver", f"ns1.{ZONE}=2001:db8::53",
+                       http=http).start()
 
 
 def test_several_zones_each_with_its_apex(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_several_zones_each_with_its_apex(tmp_path: Path) -> None:
 
 
 def test_hostname_annotations_both_prefixes_ttl_and_validation(tmp_path: Path) -> None:
-    with start(tmp_path) as dnsd:
+    with start(tmp_path, http="127.0.0.1:0") as dnsd:
         www = ask(dnsd, f"www.{SECOND}", "AAAA")
         assert rdata_texts(www, "AAAA") == ["2001:db8:42::20"]
         assert www.answer[0].ttl == 90  # external-dns.kubernetes.io/ttl "1m30s"
@@ -114,6 +115,14 @@ def test_hostname_annotations_both_prefixes_ttl_and_validation(tmp_path: Path) -
         assert rdata_texts(ask(dnsd, f"www.{SECOND}", "AAAA", source="127.0.0.2"), "AAAA") == ["2001:db8:42::20"]
         assert rdata_texts(ask(dnsd, f"hidden.{SECOND}", "A"), "A") == ["10.96.0.40"]
         assert ask(dnsd, f"hidden.{SECOND}", "A", source="127.0.0.2").rcode() == dns.rcode.NXDOMAIN
+        # names per source kind and view, skipped names per reason
+        assert dnsd.metric("dnsd_zone_names", source="service", view="cluster") == 4
+        assert dnsd.metric("dnsd_zone_names", source="service", view="internet") == 3  # hidden: RFC 1918 only
+        # www, shop, api, *.apps, hidden, host.sub.apps: all in the cluster; hidden not for the Internet
+        assert dnsd.metric("dnsd_zone_names", source="annotation", view="cluster") == 6
+        assert dnsd.metric("dnsd_zone_names", source="annotation", view="internet") == 5
+        assert dnsd.metric("dnsd_objects_skipped_total", reason="invalid_hostname") >= 1
+        assert dnsd.metric("dnsd_objects_skipped_total", reason="outside_zones") >= 1
 
 
 def test_wildcards_follow_rfc_4592(tmp_path: Path) -> None:

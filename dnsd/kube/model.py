@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from dnsd.metrics import OBJECTS_SKIPPED
+
 logger = logging.getLogger(__name__)
 
 EXPOSE_ANNOTATION = "dnsd.k8s.ooo/expose"
@@ -274,6 +276,7 @@ def _hostnames(annotations: dict[str, Any], ident: str) -> tuple[str, ...]:
             else:
                 names.append(name)
         if bad:
+            OBJECTS_SKIPPED.labels(reason="invalid_hostname").inc(len(bad))
             logger.warning("%s: annotation %s: %s not a valid host name; skipped", ident, key,
                            ", ".join(repr(b) for b in bad))
         return tuple(dict.fromkeys(names))

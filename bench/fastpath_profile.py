@@ -10,6 +10,10 @@ The steps are the ones `Handler.fast` performs: `fast_key` (flag checks, find th
 lower-case it, the ACL lookup), the dictionary lookup, building the reply (ID, flags, question as
 asked, then the template), and the metrics (`QueryStats.count` and `observe`). Each is timed in a
 loop over a realistic mix of queries (plain and EDNS, different names and spellings).
+
+Then the same for a name never seen (`r<hex>.default.svc.Z AAAA`, each query a new name, as in a
+random-subdomain flood): the store misses, `_name_text` walks the labels and spells the name,
+`ZoneIndex.existence` says it does not exist, and the zone's NXDOMAIN template is filled in.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dnsd import config as config_module  # noqa: E402
-from dnsd.handler import CachedAnswer, Handler, ttl_positions  # noqa: E402
+from dnsd.handler import CachedAnswer, Handler, _name_text, ttl_positions  # noqa: E402
 from dnsd.kube.manifests import ManifestSource  # noqa: E402
 from dnsd.metrics import QueryStats  # noqa: E402
 from dnsd.zone import ZoneIndex  # noqa: E402
 
 Z = "c2.k8s.ooo"
 NAMES = [f"sample-service.default.svc.{Z}", f"frontend.shop.svc.{Z}", f"db-0.db.shop.svc.{Z}",
-         f"nosuch.default.svc.{Z}", f"_http._tcp.sample-service.default.svc.{Z}"]
+         f"gateway.shop.svc.{Z}", f"_http._tcp.sample-service.default.svc.{Z}"]
 
 
 def handler() -> Handler:
@@ -113,12 +117,12 @@ def main() -> None:
     responses = h._responses
     entries = {d: responses[k[0]] for d, k in keys.items() if k is not None}
     stats = h.stats
-    labels = ("udp", "AAAA", "NOERROR", "zone")
+    labels = ("udp", "AAAA", "NOERROR", "zone", "stored")
 
     def build(d: bytes) -> bytes:
-        template = entries[d][0]
+        heads, tail = entries[d][0], entries[d][1]
         qend = keys[d][1]  # type: ignore[index]
-        return b"".join((d[:2], bytes((template[2] | (d[2] & 1),)), template[3:12], d[12:qend], template[qend:]))
+        return b"".join((d[:2], heads[d[2] & 1], d[12:qend], tail))
 
     def metrics(d: bytes) -> None:
         stats.count(labels)
@@ -142,6 +146,28 @@ def main() -> None:
     cached = CachedAnswer(reply, time.monotonic(), *positions, labels, labels)
     rows.append(("CachedAnswer.at (recursive: clock + expiry)", per_call(lambda d: cached.at(time.monotonic()),
                                                                          data, n)))
+
+    # A flood of names never seen: every query a new name, answered from the NXDOMAIN template.
+    unseen = [dns.message.make_query(f"r{i:x}.default.svc.{Z}", "AAAA", use_edns=i % 2 - 1) for i in range(n)]
+    for query in unseen:
+        query.flags &= ~dns.flags.RD
+    flood = [query.to_wire() for query in unseen]
+    h.respond(flood[0], "192.0.2.1", False)
+    h.respond(flood[1], "192.0.2.1", False)  # one slow-path answer per template (with and without EDNS)
+    if h.fast(flood[2], "192.0.2.1", False) is None:
+        raise SystemExit("no NXDOMAIN template was built: nothing to profile")
+    flood_keys = [h.fast_key(d, "192.0.2.1") for d in flood]
+    texts = [_name_text(k[0]) for k in flood_keys if k is not None]
+    template = next(iter(h._templates.values()))
+    qend = flood_keys[0][1] if flood_keys[0] is not None else 0
+    rows += [
+        ("Handler.respond (NXDOMAIN template, unseen name, whole)",
+         per_call(lambda d: h.respond(d, "192.0.2.1", False), flood, n)),
+        ("  _name_text (walk the labels, spell the name)",
+         per_call(lambda d: _name_text(d), [k[0] for k in flood_keys if k is not None], n)),
+        ("  ZoneIndex.existence", per_call(lambda t: h.zone.existence(t), texts, n)),  # type: ignore[arg-type,return-value]
+        ("  NegativeTemplate.reply", per_call(lambda d: template.reply(d, qend), flood[:1], n)),
+    ]
     rows.append(("UDP recvfrom + sendto on loopback (kernel floor)", udp_round_trip(min(n, 100_000))))
 
     print(f"# fast path profile: {n:,} iterations, Python {sys.version.split()[0]}")

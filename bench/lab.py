@@ -355,6 +355,21 @@ class Cluster:
         rng.shuffle(lines)
         return lines
 
+    def flood_queries(self, random_names: int = 300_000, seed: int = 3) -> list[str]:
+        """A random-subdomain flood: every other line a name never seen, the others `zone_queries`.
+
+        The unseen names are `r<hex>.ns<k>.svc.<zone> AAAA` under existing namespaces, `random_names`
+        of them (each once per pass over the file: more than any answer store could keep), so that
+        every one is NXDOMAIN and none is asked twice before dnsperf wraps around the file.
+        """
+        rng = random.Random(seed)
+        known = self.zone_queries(random_names, seed=seed + 1)
+        lines = []
+        for k in range(random_names):
+            lines.append(f"r{rng.getrandbits(48):012x}.ns{rng.randrange(self.namespaces)}.svc.{self.zone} AAAA")
+            lines.append(known[k])
+        return lines
+
 
 @dataclass(frozen=True)
 class Upstream:

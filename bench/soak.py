@@ -1,7 +1,9 @@
 """Soak test: dnsd under a steady mixed load with cluster churn, watching for lost queries and memory growth.
 
 Run: `.venv/bin/python bench/soak.py` (options: `--duration S` (600), `--rate Q` (5000 queries/s),
-`--services N` (2000), `--churn-interval S` (1), `--churn-changes N` (5), `--garbage-share F` (0.05)).
+`--services N` (2000), `--churn-interval S` (1), `--churn-changes N` (5), `--garbage-share F` (0.05),
+`--flood-share F` (0)). A random-subdomain flood: `--flood-share 1 --duration 300` adds one never-seen name
+per valid query.
 Not a test: it prints a markdown summary, writes it to bench/results/soak.md (raw figures in soak.json)
 and gives a verdict on memory.
 
@@ -21,9 +23,14 @@ runs it, for long enough to see a trend:
   does) with `--churn-changes` services moved to new addresses and one short-lived service added and
   removed; after each rewrite one changed name is polled until it answers with its new address, which
   gives the change-to-answer delay (dnsd polls the file every 0.25 s);
+- with `--flood-share F`, F never-seen names per valid query on top (`r<12 hex>.ns<k>.svc.Z AAAA`, each
+  name used once, under existing namespaces: NXDOMAIN), as a random-subdomain attack sends them;
 - every `--sample-interval` seconds (10) dnsd's RSS (of the server process itself: the short-lived child
   that parses a large manifests file comes and goes and would only add noise) and CPU use are sampled,
-  and the load process keeps per-window counts and latency percentiles.
+  with dnsd's own count of answers by path (`dnsd_fast_path_answers_total` by kind, and the rest, which
+  took the slow path): during a flood the "stored" rate must stay the known names' rate, i.e. the
+  names people ask for keep their pre-encoded answers; and the load process keeps per-window counts
+  and latency percentiles.
 
 Reported: queries sent, answered, lost (no answer within 2 s) and answered with an unexpected rcode, by
 kind, garbage excluded; latency p50/p99/p99.9/max overall and per window; the RSS time series; the
@@ -86,11 +93,14 @@ KINDS: dict[str, tuple[int, bool]] = {
     "recursion-a": (dns.rcode.NOERROR, True),
     "dns64-aaaa": (dns.rcode.NOERROR, True),
     "upstream-nx": (dns.rcode.NXDOMAIN, False),
+    "flood": (dns.rcode.NXDOMAIN, False),
 }
 #: Share of each kind among the valid queries (garbage comes on top, from its own socket).
 MIX = {"zone": 0.40, "zone-nx": 0.05, "recursion-a": 0.15, "dns64-aaaa": 0.25, "upstream-nx": 0.10,
        "zone-srv": 0.05}
 SOCKETS = 16
+#: Answer paths reported per sample: the kinds of dnsd_fast_path_answers_total, then the slow path.
+PATHS = ("stored", "template", "cached", "slow")
 TIMEOUT = 2.0
 
 
@@ -131,6 +141,20 @@ def build_queries(cluster: Cluster, upstream: Upstream, count: int, seed: int = 
     return out
 
 
+class Flood:
+    """Never-seen names for the flood: a query per namespace, its 12 hex digits rewritten for each name."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.templates = [dns.message.make_query(f"r{0:012x}.ns{k}.svc.{ZONE}", "AAAA", use_edns=0).to_wire()
+                          for k in range(cluster.namespaces)]
+        self.count = 0
+
+    def next(self) -> bytes:
+        self.count += 1
+        template = self.templates[self.count % len(self.templates)]
+        return template[:14] + f"{self.count * 0x9E3779B1 & 0xFFFFFFFFFFFF:012x}".encode() + template[26:]
+
+
 def garbage(rng: random.Random, valid: list[tuple[str, bytes]]) -> bytes:
     """A packet dnsd should drop (or answer FORMERR): noise, a response, a cut question, a short header."""
     roll = rng.randrange(4)
@@ -169,7 +193,7 @@ class Window:
 
 
 def load(port: int, queries: list[tuple[str, bytes]], rate: float, duration: float, garbage_share: float,
-         window_s: float, cpus: str, out: Connection) -> None:
+         window_s: float, cpus: str, out: Connection, flood: Flood | None = None, flood_share: float = 0.0) -> None:
     """In a child process: the open-loop load; sends its figures through `out` at the end."""
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
@@ -203,7 +227,9 @@ def load(port: int, queries: list[tuple[str, bytes]], rate: float, duration: flo
     outstanding: dict[tuple[int, int], tuple[float, str, Window]] = {}
     next_id = [rng.randrange(65536) for _ in range(SOCKETS)]
 
-    interval = 1.0 / rate
+    interval = 1.0 / (rate * (1 + flood_share))
+    flood_every = (1 + flood_share) / flood_share if flood_share else 0.0
+    flood_due = flood_every
     begin = time.perf_counter()
     end = begin + duration
     due = begin
@@ -231,8 +257,13 @@ def load(port: int, queries: list[tuple[str, bytes]], rate: float, duration: flo
                     with contextlib.suppress(OSError):
                         junk.send(garbage(rng, queries))
                         garbage_sent += 1
-                kind, wire = queries[position]
-                position = (position + 1) % len(queries)
+                flood_due -= 1
+                if flood is not None and flood_due <= 0:
+                    flood_due += flood_every
+                    kind, wire = "flood", flood.next()
+                else:
+                    kind, wire = queries[position]
+                    position = (position + 1) % len(queries)
                 index = position % SOCKETS
                 qid = next_id[index] = (next_id[index] + 1) & 0xFFFF
                 key = (index, qid)
@@ -318,6 +349,22 @@ class Sample:
     t: float
     rss: int
     cpu: float  # share of one core used since the previous sample
+    paths: dict[str, float] = field(default_factory=dict)  # answers per second since the previous sample
+
+
+def answer_paths(dnsd: Dnsd) -> dict[str, float]:
+    """dnsd's answer counts so far by path: fast-path kinds, and "slow" (everything else)."""
+    text = dnsd.metrics()
+    counts: dict[str, float] = {"stored": 0.0, "template": 0.0, "cached": 0.0}
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("dnsd_fast_path_answers_total{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            counts[kind] = counts.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith("dnsd_queries_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    counts["slow"] = total - sum(counts.values())
+    return counts
 
 
 def churn(cluster: Cluster, generations: dict[int, int], tick: int, changes: int, rng: random.Random,
@@ -402,6 +449,9 @@ def report(args: argparse.Namespace, result: dict[str, Any], samples: list[Sampl
                f"{args.load_cpus} (open loop, {SOCKETS} sockets, {TIMEOUT:g} s timeout), plus "
                f"{args.garbage_share:.0%} garbage; churn: {args.churn_changes} services moved and one added or "
                f"removed every {args.churn_interval:g} s")
+    if args.flood_share:
+        out.append(f"- flood: {args.flood_share:g} never-seen name per valid query on top "
+                   f"({args.rate * args.flood_share:,.0f} queries/s, `r<hex>.ns<k>.svc.{ZONE} AAAA`, each name once)")
     out.append(f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}, took {time.monotonic() - started:.0f} s")
     out.append("")
     out.append("| kind | sent | answered | lost | unexpected rcode | rcodes |")
@@ -430,15 +480,21 @@ def report(args: argparse.Namespace, result: dict[str, Any], samples: list[Sampl
     out.append(f"**Memory verdict: {'n/a' if ok is None else ('PASS' if ok else 'FAIL')}**: {text}.")
     out.append(f"**Lost queries (garbage excluded): {lost:,}**; unexpected rcodes: {unexpected:,}.")
     out.append("")
-    out.append("| t (s) | RSS MB | dnsd CPU | sent | lost | unexpected | p50 ms | p99 ms | p99.9 ms | max ms |")
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("Answers per second by path, from dnsd's `dnsd_fast_path_answers_total` (stored: a pre-encoded "
+               "answer for that name; template: NXDOMAIN/NODATA from the zone's template; cached: a cached "
+               "recursive answer) and `dnsd_queries_total` (the rest took the slow path).")
+    out.append("")
+    out.append("| t (s) | RSS MB | dnsd CPU | sent | lost | unexpected | p50 ms | p99 ms | p99.9 ms | max ms | "
+               "stored/s | template/s | cached/s | slow/s |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     windows = {round(w["start"] / args.sample_interval): w for w in result["windows"]}
     for sample in samples:  # each sample shows the last window that ended before it
         w = windows.get(int(sample.t // args.sample_interval) - 1, {})
         out.append(f"| {sample.t:.0f} | {sample.rss / MB:.1f} | {sample.cpu:.0%} | {w.get('sent', 0):,} | "
                    f"{w.get('lost', 0):,} | {w.get('unexpected', 0):,} | {fmt_ms(w.get('p50_ms', math.nan))} | "
                    f"{fmt_ms(w.get('p99_ms', math.nan))} | {fmt_ms(w.get('p999_ms', math.nan))} | "
-                   f"{fmt_ms(w.get('max_ms', math.nan))} |")
+                   f"{fmt_ms(w.get('max_ms', math.nan))} | "
+                   + " | ".join(f"{sample.paths.get(k, math.nan):,.0f}" for k in PATHS) + " |")
     out.append("")
     return "\n".join(out)
 
@@ -453,6 +509,7 @@ def main(args: argparse.Namespace) -> int:
     manifests = tmp / "cluster.yaml"
     manifests.write_text(cluster.manifests())
     queries = build_queries(cluster, upstream, 50_000)
+    flood = Flood(cluster) if args.flood_share else None
     print(f"machine: {machine()}; files in {tmp}", flush=True)
 
     origin = Knot("knot-upstream", zones={UPSTREAM_ZONE: upstream.zone_file()}, cpus=args.load_cpus).start()
@@ -470,7 +527,8 @@ def main(args: argparse.Namespace) -> int:
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
         loader = context.Process(target=load, args=(dnsd.port, queries, args.rate, args.duration,
-                                                    args.garbage_share, args.sample_interval, args.load_cpus, sender))
+                                                    args.garbage_share, args.sample_interval, args.load_cpus, sender,
+                                                    flood, args.flood_share))
         loader.start()
         sender.close()
         begin = time.monotonic()
@@ -482,6 +540,7 @@ def main(args: argparse.Namespace) -> int:
         next_sample = begin + args.sample_interval
         last_cpu = cpu_seconds(dnsd.pid)
         last_t = begin
+        last_paths = answer_paths(dnsd)
         try:
             while time.monotonic() < begin + args.duration:
                 if dnsd.proc is not None and dnsd.proc.poll() is not None:
@@ -490,8 +549,11 @@ def main(args: argparse.Namespace) -> int:
                 now = time.monotonic()
                 if now >= next_sample:
                     cpu = cpu_seconds(dnsd.pid)
-                    samples.append(Sample(now - begin, lab.rss_bytes(dnsd.pid), (cpu - last_cpu) / (now - last_t)))
-                    last_cpu, last_t = cpu, now
+                    paths = answer_paths(dnsd)
+                    rates = {k: (v - last_paths.get(k, 0.0)) / (now - last_t) for k, v in paths.items()}
+                    samples.append(Sample(now - begin, lab.rss_bytes(dnsd.pid), (cpu - last_cpu) / (now - last_t),
+                                          rates))
+                    last_cpu, last_t, last_paths = cpu, now, paths
                     seen = [d for d in delays if d == d]
                     print(f"  t={now - begin:5.0f} s  RSS {samples[-1].rss / MB:6.1f} MB  CPU {samples[-1].cpu:4.0%}  "
                           f"change-to-answer median so far {percentile(seen, 50) * 1e3:.0f} ms", flush=True)
@@ -540,6 +602,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--garbage-share", type=float, default=0.05, help="garbage packets per valid query")
     parser.add_argument("--sample-interval", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--workers", type=int, default=1, help="dnsd --workers (default 1)")
+    parser.add_argument("--flood-share", type=float, default=0.0,
+                        help="never-seen names per valid query, on top of --rate (default 0: no flood)")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list of dnsd (default 0)")
     parser.add_argument("--load-cpus", default="1", help="CPU list of the load process and Knot (default 1)")
     return parser.parse_args(argv)

@@ -19,8 +19,19 @@ Two paths, one result:
   with huge answers cannot grow it.
 
 Invalidation is exact: every stored response remembers the owner names it was built from, and the
-zone reports the names each change touched; responses carrying the SOA (negative answers, the apex)
-or the not-yet-synced SERVFAIL are dropped on every change, because the serial is in them.
+zone reports the names each change touched; responses carrying the SOA (the apex) are dropped on every
+change, because the serial is in them.
+
+Under a random-subdomain flood (the commonest attack on an authoritative server) most questions are
+names nobody asked before. Their answers do not depend on the name: NXDOMAIN and NODATA are the
+zone's SOA after a copy of the question, REFUSED is the question alone. So they are never stored per
+name: a fast-path miss walks the question's labels, asks the zone index whether the name exists (a
+dictionary lookup: by its first label for most of a flood's names, `ZoneIndex.first_label_known`, else
+`ZoneIndex.existence`), and builds the reply from a `NegativeTemplate` per
+(zone, rcode, type, class, flags), whose compression pointers are moved to wherever the zone's apex
+sits in this question. The store of per-name answers then only ever holds answers for names that
+exist, so unseen names cannot push known ones out; it is still bounded, and past the bound the oldest
+eighth goes (never the whole store at once).
 
 Limits live here too: response rate limiting for UDP clients outside --allow-recursion
 (`dnsd.rrl`), and a bound on recursive queries in progress, in total and per client, past which
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import random
 import struct
@@ -52,7 +64,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 query_logger = logging.getLogger("dnsd.query")
 
-#: Upper bound on stored responses; past it the store starts afresh (random names cannot grow memory).
+#: Upper bound on stored per-name responses (only names that exist are stored, so only a zone with more
+#: names x types x flag combinations than this ever reaches it); past it the oldest eighth is evicted.
 MAX_CACHED_RESPONSES = 200_000
 #: Byte budget of the fast-path store of recursive answers (see `RecursiveStore`); the oldest go first.
 MAX_RECURSIVE_BYTES = 32 * 1024 * 1024
@@ -65,6 +78,9 @@ RECURSIVE_OVERHEAD = 400
 #: NSD answer NOERROR with the SOA). The parser already answers the meta types (OPT, 128-250:
 #: FORMERR; MAILA/MAILB: NOTIMP).
 RESERVED_QTYPES = frozenset({0, 65535})
+#: Upper bound on negative-answer templates (zones x rcodes x qtypes x classes x flag bytes in use);
+#: past it they start afresh: each is rebuilt by one slow-path answer.
+MAX_TEMPLATES = 4096
 #: Upper bound on remembered client-address -> may-recurse decisions.
 MAX_ACL_ENTRIES = 65_536
 
@@ -74,10 +90,143 @@ _ONE_QUESTION_ONLY = b"\x00\x01\x00\x00\x00\x00"
 
 #: An async iterator is a multi-message answer (a zone transfer), written message by message over TCP.
 Reply = bytes | None | Awaitable[bytes | None] | AsyncIterator[bytes]
-Labels = tuple[str, str, str, str]
+#: (transport, qtype, rcode, source, path): the metric labels of an answer, with the fast-path kind
+#: last ("stored", "template", "cached"), counted as `dnsd_fast_path_answers_total` (see dnsd.metrics).
+Labels = tuple[str, str, str, str, str]
 #: What `Handler.fast_key` finds in a plain query: (cache key, end of question, client's UDP limit).
 FastKey = tuple[bytes, int, int]
+#: A negative template's key: (zone apex or "" for REFUSED, rcode, type + class + flags, escaped name).
+#: The slow path never compresses into a question whose name needs escapes (its offsets do not map to
+#: the text), so such names have templates of their own, with the SOA's owner written out.
+Verdict = tuple[str, int, bytes, bool]
+#: A stored answer: (header after the ID with RD clear and with RD set, the bytes after the question,
+#: its length, udp labels, tcp labels, the owner names it was built from).
+StoredAnswer = tuple[tuple[bytes, bytes], bytes, int, Labels, Labels, tuple[str, ...]]
 _TTL = struct.Struct("!I")
+#: What a label may hold for `_name_text` to spell the name itself (else wire_to_text does), and the dot.
+_PLAIN_TEXT_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*."
+#: Octets of a plain name's labels (the length octets of labels under 42 octets are none of them).
+_PLAIN_WIRE_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*"
+#: Length octets of labels under 42 octets -> ".": spells a plain wire name (after its first octet).
+_LENGTHS_TO_DOTS = bytes.maketrans(bytes(range(1, 42)), b"." * 41)
+_SOA_TYPE = 6
+_CNAME_TYPE = 5
+
+
+def _name_text(key: bytes) -> str | None:
+    """The name of a fast-path key as the slow path spells it, walking the labels by their lengths.
+
+    None when the walk does not end at the key's zero octet. `fast_key` ends the name at the first
+    zero octet, which is only right when no label holds a zero: a crafted 63-octet label with a zero
+    inside would otherwise share its key with another question. A lookup of such a key can only hit
+    an entry stored under a key that did walk (same octets, same walk), so the hot path keeps its one
+    `find`; every store, and every template answer, walks first.
+    """
+    end = len(key) - 6  # the first zero octet; type, class and flags follow it
+    if end > 254:
+        return None  # longer than 255 octets: FORMERR is the slow path's
+    if end == 0:
+        return ""
+    first = key[0]
+    if first > 63:
+        return None
+    text = bytearray(key[1:end])  # each later length octet becomes a dot, in place
+    last = end - 1
+    at = first
+    dots = 0
+    while at < last:
+        length = text[at]
+        if length > 63:
+            return None
+        text[at] = 46
+        dots += 1
+        at += 1 + length
+    if at != last:
+        return None
+    if text.translate(None, _PLAIN_TEXT_BYTES) or text.count(46) != dots:
+        return wire.wire_to_text(key[:-5])  # escapes (a dot or odd octet inside a label), as the slow path
+    return text.decode("ascii")
+
+
+class NegativeTemplate:
+    """A NXDOMAIN, NODATA or REFUSED reply for any name of one zone (rcode, type, class and flags fixed).
+
+    Built from the slow path's own reply for one such question: `heads` are its header after the ID
+    (with RD clear and set, as the query has it), `tail` the bytes after its question. Each compression
+    pointer in the tail aims into the question's apex labels or further into the tail, so for a new
+    question it moves with the end of that question: it is stored as (offset in the tail, target minus
+    the end of the question). A pointer into the name's own labels could not move, and such a reply
+    never becomes a template. The tail for each question length is built once and kept (at most one
+    per possible length), so a template answer costs what a stored answer costs and is the slow
+    path's answer, byte for byte, for any name of any length.
+    """
+
+    __slots__ = ("heads", "pointers", "tail", "tail_length", "tails", "tcp_labels", "udp_labels")
+
+    def __init__(self, heads: tuple[bytes, bytes], tail: bytes, pointers: tuple[tuple[int, int], ...],
+                 udp_labels: Labels, tcp_labels: Labels) -> None:
+        self.heads = heads
+        self.tail = tail
+        self.tail_length = len(tail)
+        self.pointers = pointers
+        self.tails: dict[int, bytes] = {}
+        self.udp_labels = udp_labels
+        self.tcp_labels = tcp_labels
+
+    @classmethod
+    def from_reply(cls, reply: bytes, qend: int, apex_length: int, labels: tuple[Labels, Labels]
+                   ) -> NegativeTemplate | None:
+        """The template of `reply` (question ending at `qend`, zone apex `apex_length` octets of wire)."""
+        apex_at = qend - 4 - apex_length
+        pointers: list[int] = []
+
+        def skip_name(offset: int) -> int:
+            while True:
+                length = reply[offset]
+                if length & 0xC0 == 0xC0:
+                    pointers.append(offset)
+                    return offset + 2
+                offset += 1 + length
+                if length == 0:
+                    return offset
+
+        try:
+            if reply[6:8] != b"\x00\x00":
+                return None  # an answer section: not a negative answer
+            offset = qend
+            for _ in range(sum(struct.unpack_from("!HH", reply, 8))):
+                offset = skip_name(offset)
+                rtype, _, _, rdlength = struct.unpack_from("!HHIH", reply, offset)
+                offset += 10
+                if rtype == _SOA_TYPE:
+                    if skip_name(skip_name(offset)) + 20 != offset + rdlength:
+                        return None
+                elif rtype != wire.OPT:
+                    return None
+                offset += rdlength
+        except (IndexError, struct.error):
+            return None
+        if offset != len(reply):
+            return None
+        moved: list[tuple[int, int]] = []
+        for position in pointers:
+            target = ((reply[position] & 0x3F) << 8) | reply[position + 1]
+            if not (apex_length and apex_at <= target < qend - 4) and target < qend:
+                return None  # into the name's own labels (or the header): right for this name only
+            moved.append((position - qend, target - qend))
+        head = reply[3:12]
+        flags = reply[2] & 0xFE
+        return cls((bytes((flags,)) + head, bytes((flags | 1,)) + head), reply[qend:], tuple(moved), *labels)
+
+    def reply(self, data: bytes, qend: int) -> bytes:
+        """This template as the answer to `data`, whose question ends at `qend`."""
+        tail = self.tails.get(qend)
+        if tail is None:
+            buf = bytearray(self.tail)
+            for position, delta in self.pointers:
+                struct.pack_into("!H", buf, position, 0xC000 | (qend + delta))
+            tail = self.tails[qend] = bytes(buf)
+        return b"".join((data[:2], self.heads[data[2] & 1], data[12:qend], tail))
 
 
 class CachedAnswer:
@@ -229,7 +378,10 @@ class Handler:
         self.acl = Acl(config.allow_recursion)
         self.edns_size = config.edns_udp_size
         self.fast_path = True
-        self._responses: dict[bytes, tuple[bytes, Labels, Labels]] = {}
+        # key -> (header after the ID with RD clear and set, the rest after the question, length, udp
+        # labels, tcp labels, names it was built from); only names that exist are stored
+        self._responses: dict[bytes, StoredAnswer] = {}
+        self._templates: dict[Verdict, NegativeTemplate] = {}  # name-independent answers, see Verdict
         # name -> keys of responses built from it; a set, so a key re-stored after an invalidation
         # through another of its names is not listed twice
         self._keys_by_name: dict[str, set[bytes]] = {}
@@ -258,6 +410,7 @@ class Handler:
         for key in self._volatile:
             responses.pop(key, None)
         self._volatile.clear()
+        self._templates.clear()  # each carries the SOA, whose serial just moved
 
     @property
     def cached_responses(self) -> int:
@@ -269,18 +422,39 @@ class Handler:
         """Recursive queries in progress (for tests of the limit)."""
         return self._outstanding
 
+    @property
+    def negative_templates(self) -> int:
+        """Number of negative-answer templates held (for tests)."""
+        return len(self._templates)
+
     def _store(self, key: bytes, response: bytes, answer: authority.Answer, qtype: int, rcode: int,
                source: str) -> None:
         if len(self._responses) >= MAX_CACHED_RESPONSES:
-            self._responses.clear()
-            self._keys_by_name.clear()
-            self._volatile.clear()
+            self._evict(MAX_CACHED_RESPONSES // 8)
         qt, rc = qtype_label(qtype), rcode_label(rcode)
-        self._responses[key] = (_template(response), ("udp", qt, rc, source), ("tcp", qt, rc, source))
+        names = tuple(answer.names)
+        head = response[3:12]
+        flags = response[2] & 0xFE
+        self._responses[key] = ((bytes((flags,)) + head, bytes((flags | 1,)) + head), response[_question_end(key):],
+                                len(response), ("udp", qt, rc, source, "stored"), ("tcp", qt, rc, source, "stored"),
+                                names)
         if answer.volatile:
             self._volatile.add(key)
-        for name in answer.names:
+        for name in names:
             self._keys_by_name.setdefault(name, set()).add(key)
+
+    def _evict(self, count: int) -> None:
+        """Drop the `count` oldest stored responses (insertion order): a full store keeps working."""
+        responses = self._responses
+        for key in list(itertools.islice(responses, count)):
+            names = responses.pop(key)[5]
+            self._volatile.discard(key)
+            for name in names:
+                keys = self._keys_by_name.get(name)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._keys_by_name[name]
 
     # ---- entry point ----------------------------------------------------------------------------
 
@@ -370,19 +544,24 @@ class Handler:
     def _serve(self, found: FastKey, data: bytes, tcp: bool, started: float) -> bytes | None:
         key, qend, limit = found
         entry = self._responses.get(key)
-        if entry is not None:
-            template, udp_labels, tcp_labels = entry
-        elif key[-1] & _FLAG_RECURSE:  # a cached recursive answer, TTLs counted down
-            cached = self._recursive.get(key)
-            if cached is None:
+        if entry is not None:  # the common case, kept to the fewest steps: two slices of the query, one join
+            heads, tail, size, udp_labels, tcp_labels, _ = entry
+            if not tcp and size > limit:
                 return None
+            labels = tcp_labels if tcp else udp_labels
+            reply = b"".join((data[:2], heads[data[2] & 1], data[12:qend], tail))
+            self.stats.count(labels)
+            self.stats.observe(labels[3], time.perf_counter() - started)
+            return reply
+        if key[-1] & _FLAG_RECURSE and (cached := self._recursive.get(key)) is not None:
+            # a cached recursive answer, TTLs counted down
             current = cached.at(time.monotonic())
             if current is None:
                 del self._recursive[key]
                 return None
             template, udp_labels, tcp_labels = current, cached.udp_labels, cached.tcp_labels
         else:
-            return None
+            return self._serve_negative(key, data, qend, limit, tcp, started)
         if not tcp and len(template) > limit:
             return None
         labels = tcp_labels if tcp else udp_labels
@@ -393,6 +572,89 @@ class Handler:
         self.stats.observe(labels[3], time.perf_counter() - started)
         return reply
 
+    def _serve_negative(self, key: bytes, data: bytes, qend: int, limit: int, tcp: bool,
+                        started: float) -> bytes | None:
+        """NXDOMAIN, NODATA or REFUSED from a template, for a name never seen; None: the slow path decides."""
+        verdict = self._negative_verdict(key)
+        if verdict is None:
+            return None
+        template = self._templates.get(verdict)
+        if template is None or (not tcp and qend + template.tail_length > limit):
+            return None
+        reply = template.reply(data, qend)
+        stat = template.tcp_labels if tcp else template.udp_labels
+        self.stats.count(stat)
+        self.stats.observe(stat[3], time.perf_counter() - started)
+        return reply
+
+    def _negative_verdict(self, key: bytes) -> Verdict | None:
+        """The template key (zone apex, rcode, type + class + flags, escaped) of a name-independent answer.
+
+        REFUSED: a class other than IN and ANY, or a name outside every zone for a client that may not
+        recurse. NXDOMAIN: a name in a synced zone that does not exist. NODATA: a name that exists
+        with neither the type asked for nor a CNAME (and not the apex's SOA). Meta and transfer types,
+        ANY, TYPE0 and class ANY are left to the slow path, whose rules for them are not this simple;
+        so is a key whose labels do not walk (None).
+
+        The common case of a flood, a plain name in a zone whose first label no existing name has, is
+        settled on the wire form: one walk over the length octets (which also checks that the zone's
+        apex starts on a label boundary) and one dictionary lookup, without spelling the name.
+        """
+        tail = key[-5:]
+        qtype = (tail[0] << 8) | tail[1]
+        if qtype == 0 or qtype == wire.OPT or 127 < qtype < 256:
+            return None
+        end = len(key) - 6  # the name's terminating zero
+        if end > 254:
+            return None
+        name_wire = key[: end + 1]
+        zone = self.zone
+        apex, apex_at = zone.apex_of_wire(name_wire)
+        at = labels = 0
+        boundary = apex_at == 0
+        big = False
+        while at < end:
+            length = key[at]
+            if length > 41:  # long labels: their length octet may read as a plain character
+                if length > 63:
+                    return None
+                big = True
+            at += 1 + length
+            labels += 1
+            if at == apex_at:
+                boundary = True
+        if at != end:
+            return None  # a zero octet inside a label
+        if tail[2:4] != b"\x00\x01":
+            return None if tail[2:4] == b"\x00\xff" else ("", wire.REFUSED, tail, False)
+        plain = not big and len(name_wire.translate(None, _PLAIN_WIRE_BYTES)) == labels + 1
+        if plain and (boundary or apex is None):
+            if apex is None:  # no zone's apex ends the name: outside (escapes cannot hide one)
+                if self.recursor is not None and tail[4] & _FLAG_RECURSE:
+                    return None
+                return ("", wire.REFUSED, tail, False)
+            if not zone.synced:
+                return None
+            if apex_at and not zone.first_label_known(key[1 : 1 + key[0]]):
+                return (apex.name, wire.NXDOMAIN, tail, False)
+            name: str | None = name_wire[1:end].translate(_LENGTHS_TO_DOTS).decode("ascii")
+        else:
+            name = _name_text(key)
+        if name is None:
+            return None
+        found, exists, types = zone.existence(name)
+        if found is None:
+            if self.recursor is not None and tail[4] & _FLAG_RECURSE:
+                return None
+            return ("", wire.REFUSED, tail, False)
+        if not zone.synced:
+            return None
+        if not exists:
+            return (found.name, wire.NXDOMAIN, tail, "\\" in name)
+        if qtype in types or _CNAME_TYPE in types or (qtype == _SOA_TYPE and name == found.name):
+            return None
+        return (found.name, wire.NOERROR, tail, "\\" in name)
+
     def slow(self, data: bytes, host: str, tcp: bool) -> Reply:
         """Full decode, decide, encode; stores zone answers for the fast path."""
         return self._slow(data, host, tcp, self.fast_key(data, host))
@@ -400,6 +662,8 @@ class Handler:
     def _slow(self, data: bytes, host: str, tcp: bool, found: FastKey | None) -> Reply:
         started = time.perf_counter()
         transport = "tcp" if tcp else "udp"
+        if found is not None and _name_text(found[0]) is None:
+            found = None  # a zero octet inside a label: the key is not this question's, never store under it
         try:
             query = wire.parse_query(data)
         except wire.DropPacket:
@@ -420,8 +684,9 @@ class Handler:
             return self._finish(wire.encode_error(query, wire.NOTIMP, ra, self.edns_size), query,
                                 wire.NOTIMP, "error", transport, started, host)
         if query.qclass not in (wire.CLASS_IN, wire.ANY):
-            return self._finish(wire.encode_error(query, wire.REFUSED, ra, self.edns_size), query,
-                                wire.REFUSED, "refused", transport, started, host)
+            reply = wire.encode_error(query, wire.REFUSED, ra, self.edns_size)
+            self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
+            return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         try:
             result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
@@ -454,11 +719,33 @@ class Handler:
 
     def _maybe_store(self, found: FastKey | None, reply: bytes, result: authority.Answer | None,
                      query: wire.Query, rcode: int, source: str) -> None:
-        if found is None:
+        """Keep an answer for the fast path: per name when the name exists, else as a negative template.
+
+        Answers for names that do not exist are never stored per name (a flood of them would push
+        out the answers people ask for); those that cannot be templated go to the slow path each time.
+        """
+        if found is None or not self.zone.synced:
             return
-        if result is None:  # REFUSED for a name outside the zones: depends on nothing in the zone
-            result = authority.Answer(wire.Response(), set(), False, self.zone.apexes[0])
-        self._store(found[0], reply, result, query.qtype, rcode, source)
+        key, qend, _ = found
+        if _name_text(key) is None:
+            return
+        verdict = self._negative_verdict(key)
+        if verdict is not None:
+            if verdict[1] != rcode:
+                return  # the slow path decided otherwise (it is the reference): learn nothing
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            apex = verdict[0]
+            qt, rc = qtype_label(query.qtype), rcode_label(rcode)
+            template = NegativeTemplate.from_reply(
+                reply, qend, len(apex) + 2 if apex else 0,
+                (("udp", qt, rc, source, "template"), ("tcp", qt, rc, source, "template")))
+            if template is not None:
+                self._templates[verdict] = template
+            return
+        if result is None or not self.zone.existence(query.qname)[1]:
+            return
+        self._store(key, reply, result, query.qtype, rcode, source)
 
     def _start_recursion(self, found: FastKey | None, query: wire.Query, limit: int, transport: str,
                          started: float, host: str) -> Reply:
@@ -517,7 +804,7 @@ class Handler:
         label = "dns64" if source == "dns64" else "cache"  # a repeat is a cache hit by definition
         qt, rc = qtype_label(qtype), rcode_label(rcode)
         self._recursive.put(key, CachedAnswer(_template(reply), time.monotonic(), *positions,
-                                              ("udp", qt, rc, label), ("tcp", qt, rc, label)))
+                                              ("udp", qt, rc, label, "cached"), ("tcp", qt, rc, label, "cached")))
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:
@@ -528,6 +815,11 @@ class Handler:
                               host, transport, query.qname or ".", query.qtype, rcode_label(rcode),
                               source, len(reply))
         return reply
+
+
+def _question_end(key: bytes) -> int:
+    """Where the question ends in a message whose question is the key's (12 + name + type + class)."""
+    return 12 + len(key) - 1
 
 
 def _template(reply: bytes) -> bytes:

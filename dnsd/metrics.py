@@ -32,6 +32,8 @@ RCODE_NAMES = {
 #: Where an answer came from (the contract's `source` label).
 SOURCES = ("zone", "cache", "recursion", "dns64", "refused", "error")
 TRANSPORTS = ("udp", "tcp")
+#: Kinds of fast-path answer (the `kind` label of dnsd_fast_path_answers_total).
+FAST_PATH_KINDS = ("stored", "template", "cached")
 
 #: Latency buckets in seconds: the fast path answers in microseconds, recursion in milliseconds.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -57,7 +59,7 @@ class QueryStats:
     __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "peers", "queries", "rrl")
 
     def __init__(self) -> None:
-        self.queries: dict[tuple[str, str, str, str], int] = {}
+        self.queries: dict[tuple[str, ...], int] = {}
         self.latency_sum: dict[str, float] = {}
         self.latency_count: dict[str, int] = {}
         self.buckets: dict[str, list[int]] = {}
@@ -88,8 +90,13 @@ class QueryStats:
                     mine[i] += count
         return total
 
-    def count(self, key: tuple[str, str, str, str]) -> None:
-        """One answered query: (transport, qtype label, rcode label, source)."""
+    def count(self, key: tuple[str, ...]) -> None:
+        """One answered query: (transport, qtype label, rcode label, source[, fast-path kind]).
+
+        The handler's fast path passes a fifth label saying which kind of fast answer it was
+        ("stored", "template", "cached"), so that `dnsd_fast_path_answers_total` costs the hot path
+        nothing beyond the count it makes anyway; slow-path answers have four.
+        """
         queries = self.queries
         queries[key] = queries.get(key, 0) + 1
 
@@ -128,9 +135,23 @@ class QueryStatsCollector(Collector):
             "dnsd_queries", "DNS queries answered, by transport, qtype, rcode and answer source",
             labels=["transport", "qtype", "rcode", "source"],
         )
-        for (transport, qtype, rcode, source), value in sorted(stats.queries.items()):
-            queries.add_metric([transport, qtype, rcode, source], value)
+        by_labels: dict[tuple[str, ...], int] = {}
+        fast: dict[str, int] = dict.fromkeys(FAST_PATH_KINDS, 0)
+        for key, value in stats.queries.items():
+            by_labels[key[:4]] = by_labels.get(key[:4], 0) + value
+            if len(key) > 4:
+                fast[key[4]] = fast.get(key[4], 0) + value
+        for labels, value in sorted(by_labels.items()):
+            queries.add_metric(list(labels), value)
         yield queries
+        fast_path = CounterMetricFamily(
+            "dnsd_fast_path_answers", "Queries answered by the fast path without a full decode, by kind: "
+            "stored (a pre-encoded answer for that name), template (NXDOMAIN/NODATA/REFUSED built from "
+            "a per-zone template), cached (a cached recursive answer)", labels=["kind"],
+        )
+        for kind, value in sorted(fast.items()):
+            fast_path.add_metric([kind], value)
+        yield fast_path
         latency = HistogramMetricFamily(
             "dnsd_query_duration_seconds", "Time from receiving a query to sending its answer",
             labels=["source"],

@@ -58,11 +58,12 @@ made during the transfer.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
@@ -100,6 +101,22 @@ Op = tuple[Any, ...]
 #: Objects a relist diffs between two yields to the event loop (about 5 ms of work).
 RESYNC_STEP = 1000
 RRset = tuple[int, tuple[Rdata, ...]]  # ttl, rdatas
+
+
+class _EveryType:
+    """A collection holding every RR type: what `existence` reports at and below a zone cut."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(65536))
+
+    def __len__(self) -> int:
+        return 65536
+
+
+_EVERY_TYPE = _EveryType()
 Records = dict[str, dict[int, RRset]]  # name -> type -> (ttl, rdatas)
 Flat = tuple[tuple[str, int, int, tuple[Rdata, ...]], ...]  # ((name, type, ttl, rdatas), ...)
 #: One RRset's contributions: (ttl, rdatas, owner) when one owner has it, else {owner: (ttl, rdatas)}.
@@ -245,6 +262,13 @@ class ZoneIndex:
         # name -> type -> Shared. One owner (the common case) is stored as (ttl, rdatas, owner) rather
         # than a dict: at 50,000 services the difference is tens of megabytes.
         self._names: dict[str, dict[int, Shared]] = {}
+        #: Wildcard owners and delegation points, for `existence`: none today (see there).
+        self._cuts: frozenset[str] = frozenset()
+        #: First label (wire octets) of every existing name -> how many entries of _present/_below have
+        #: it: a name whose first label is not here does not exist, whatever follows (`first_label_known`).
+        self._first_labels: dict[bytes, int] = {}
+        #: (wire form of each apex, the apex), most specific first, for `apex_of_wire`.
+        self._apex_wires: tuple[tuple[bytes, ZoneApex], ...] = ()
         self._present: dict[str, int] = {}
         self._below: dict[str, int] = {}
         # owner -> its records, flattened to ((name, type, ttl, rdatas), ...) for the same reason.
@@ -267,6 +291,7 @@ class ZoneIndex:
         self._pending_add: dict[RRKey, int] = {}
         self._readers: list[Snapshot] = []
         self._serial_subscribers: list[Callable[[int], None]] = []
+        self._apex_wires = tuple(sorted(((_wire(z.name), z) for z in self.apexes), key=lambda item: -len(item[0])))
         self._apply(("static",), self._static_records(), set())
 
     # ---- reading -------------------------------------------------------------------------------
@@ -284,6 +309,56 @@ class ZoneIndex:
     def exists(self, name: str) -> bool:
         """True when the name owns records, is marked present, or is an empty non-terminal."""
         return name in self._present or name in self._below
+
+    def existence(self, name: str) -> tuple[ZoneApex | None, bool, Collection[int]]:
+        """(zone, exists, RR types at the name) in one go: what a negative answer depends on.
+
+        The fast path asks this for every name it has not stored, so it costs what `find_apex` and
+        two dictionary lookups cost. The zone is None outside every served zone. dnsd's zones hold no
+        wildcards and no delegations below their apexes (nothing it serves creates them), so a name's
+        own entry decides whether it exists; `_cuts` is where such names would be listed, and any name
+        at or below one is reported as existing with every type, so that no template answers for it.
+        """
+        apex = self.find_apex(name)
+        if apex is None:
+            return None, False, ()
+        if self._cuts and self._under_cut(name):
+            return apex, True, _EVERY_TYPE
+        types = self._names.get(name)
+        if types is not None:
+            return apex, True, types.keys()
+        return apex, name in self._present or name in self._below, ()
+
+    def apex_of_wire(self, name: bytes) -> tuple[ZoneApex | None, int]:
+        """(the most specific zone whose wire apex ends `name`, where that apex starts in it).
+
+        `name` is a lower-case wire name; the caller checks that the offset is a label boundary.
+        """
+        for apex_wire, apex in self._apex_wires:
+            if name.endswith(apex_wire):
+                return apex, len(name) - len(apex_wire)
+        return None, -1
+
+    def first_label_known(self, label: bytes) -> bool:
+        """False when no existing name starts with this (lower-case, plain) label: the name is NXDOMAIN.
+
+        The fast path asks this before spelling a never-seen name: a random-subdomain flood's first
+        labels are random, so one dictionary lookup settles most of them. Cuts (see `existence`)
+        count as known, so that no template ever answers below one.
+        """
+        return label in self._first_labels or bool(self._cuts)
+
+    def _count_first_label(self, name: str, delta: int) -> None:
+        label = name.split(".", 1)[0].encode()
+        count = self._first_labels.get(label, 0) + delta
+        if count:
+            self._first_labels[label] = count
+        else:
+            del self._first_labels[label]
+
+    def _under_cut(self, name: str) -> bool:
+        labels = name.split(".")
+        return any(".".join(labels[i:]) in self._cuts for i in range(len(labels)))
 
     def rrset(self, name: str, rtype: int) -> tuple[int, tuple[Rdata, ...]] | None:
         """(ttl, rdatas) of one RRset, merged across owners (two Services may share a PTR name)."""
@@ -375,11 +450,21 @@ class ZoneIndex:
     # ---- writing --------------------------------------------------------------------------------
 
     def mark_synced(self) -> None:
-        """The source has delivered a full state: names in the zone may now be answered."""
+        """The source has delivered a full state: names in the zone may now be answered.
+
+        The first full state is also when the bulk of the process's objects exist, and they live as
+        long as it does: they are collected once and then frozen out of the cyclic garbage collector's
+        way (`gc.freeze`). Otherwise every full collection walks all of them, holding the event loop
+        for 15 to 100 ms with 2,000 Services (measured during reloads: the soak's p99.9). Records
+        that change later are young objects again; none of the zone's structures hold cycles, so
+        what is frozen and later dropped is still freed by its reference count.
+        """
         if not self.synced:
             self.synced = True
             self._record(("synced",))
             self._commit(set(), force=True)
+            gc.collect()
+            gc.freeze()
 
     def replace(
         self,
@@ -435,6 +520,8 @@ class ZoneIndex:
                 self._delete_slice(op[1], changed)
             elif kind == "replace":
                 self._replace(op[1], op[2], op[3], changed)
+            elif kind == "namespaces":
+                self._set_namespaces(op[1], changed)
             elif kind == "synced":
                 self.synced = True
             elif kind == "version":
@@ -521,6 +608,43 @@ class ZoneIndex:
         changed: set[str] = set()
         self._delete_slice((namespace, name), changed)
         self._commit(changed)
+
+    async def resync_all(self, services: Iterable[ServiceRecord], slices: Iterable[SliceRecord],
+                         namespaces: Iterable[str] = (), version: int | None = None) -> int:
+        """`replace` in steps that yield to the event loop, for a reload of the manifests file.
+
+        A reload of 2,000 changed Services applied in one piece held the loop for about 50 ms (the
+        soak's p99.9); this applies it like the informer's relist: new Namespaces first (so that no
+        name vanishes in between), then Services and EndpointSlices in steps of `RESYNC_STEP`, each
+        committed whole, then the Namespaces that are gone. Returns how many objects changed.
+        The whole reload is one batch: one new serial and one journal entry (as `replace` gives),
+        whatever the number of steps.
+        """
+        self.see_version(version)
+        wanted = frozenset(namespaces)
+        changed: set[str] = set()
+        self._batch += 1
+        try:
+            self._set_namespaces(frozenset(self.namespaces) | wanted, changed)
+            self._commit(changed)
+            count = await self.resync_services(services)
+            count += await self.resync_slices(slices)
+            changed = set()
+            self._set_namespaces(wanted, changed)
+        finally:
+            self._batch -= 1
+        self._commit(changed)
+        return count
+
+    def _set_namespaces(self, namespaces: frozenset[str], changed: set[str]) -> None:
+        if namespaces == self.namespaces:
+            return
+        self._record(("namespaces", namespaces))
+        for ns in self.namespaces - namespaces:
+            self._apply(("namespace", ns), {}, changed)
+        for ns in namespaces - self.namespaces:
+            self._apply(("namespace", ns), {f"{ns}.svc.{self.cluster_domain}": {}}, changed)
+        self.namespaces = set(namespaces)
 
     async def resync_services(self, records: Iterable[ServiceRecord], namespace: str | None = None,
                               version: int | None = None) -> int:
@@ -655,7 +779,9 @@ class ZoneIndex:
                 else:
                     self._move_serial((self.serial + 1) & 0xFFFFFFFF)
                 self._version_used = self._version
-        if self._journal:
+        if self._journal is not None and (self._journal or self.serial != serial_before):
+            # A moved serial is published even without operations: the last step of a stepped
+            # relist or reload may have gone out already, and followers must take the serial too.
             ops, self._journal = self._journal, []
             for publish in self._publishers:
                 publish(ops, self.serial)
@@ -757,6 +883,7 @@ class ZoneIndex:
                 name = sys.intern(name)
                 self._present[name] = self._present.get(name, 0) + 1
                 if self._present[name] == 1:
+                    self._count_first_label(name, +1)
                     self._adjust_ancestors(name, +1)
             else:
                 self._remove_types(owner, name, previous)
@@ -778,6 +905,7 @@ class ZoneIndex:
             self._present[name] = count
         else:
             del self._present[name]
+            self._count_first_label(name, -1)
             self._adjust_ancestors(name, -1)
 
     def _remove_types(self, owner: Owner, name: str, types: dict[int, RRset]) -> None:
@@ -796,11 +924,14 @@ class ZoneIndex:
         labels = name.split(".")
         for i in range(1, len(labels)):
             ancestor = sys.intern(".".join(labels[i:]))
-            count = self._below.get(ancestor, 0) + delta
+            before = self._below.get(ancestor, 0)
+            count = before + delta
             if count:
                 self._below[ancestor] = count
             else:
                 self._below.pop(ancestor, None)
+            if not before or not count:
+                self._count_first_label(ancestor, +1 if count else -1)
             if ancestor in self._apex_names:
                 break
 
@@ -831,6 +962,11 @@ class ZoneIndex:
 
 def _rr_order(record: XfrRR) -> tuple[str, int, str]:
     return record[0], record[1], repr(record[3])
+
+
+def _wire(name: str) -> bytes:
+    """Wire form of a plain dotted name ("" is the root)."""
+    return b"".join(bytes((len(label),)) + label.encode() for label in name.split(".") if label) + b"\x00"
 
 
 def _flatten(records: Records) -> Flat:

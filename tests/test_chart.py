@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import pytest
 import yaml
 
 from dnsd import config as dnsd_config
+from tests.dnsd_process import DnsdProcess
 from tests.started_dnsd import example_flags, free_port, query_soa, stop
 
 # The first test to ask for helm may download it (about 60 MB); every subprocess has its own timeout.
@@ -38,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "chart"
+DASHBOARD = CHART / "dashboards" / "dnsd.json"
 # CI runs from a fresh clone with shared/ beside the repository, as in the development checkout.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOOLS = REPO / ".tools" / "bin"
@@ -132,8 +135,15 @@ def dns_service(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return services[0]
 
 
+def config_map(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ConfigMap holding dnsd.yaml (the dashboard's ConfigMap may sit beside it)."""
+    configs = [o for o in objects if o["kind"] == "ConfigMap" and "dnsd.yaml" in o.get("data", {})]
+    assert len(configs) == 1, "expected one ConfigMap holding dnsd.yaml"
+    return configs[0]
+
+
 def dnsd_yaml(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    data = only(objects, "ConfigMap")["data"]
+    data = config_map(objects)["data"]
     assert list(data) == ["dnsd.yaml"]
     parsed = yaml.safe_load(data["dnsd.yaml"])
     assert isinstance(parsed, dict)
@@ -369,6 +379,70 @@ def test_optional_objects(helm: str) -> None:
     assert pod_spec["serviceAccountName"] == "default"
 
 
+def test_grafana_dashboard_ships_as_a_labelled_configmap(helm: str) -> None:
+    assert not [o for o in render(helm) if o["kind"] == "ConfigMap" and "dnsd.json" in o.get("data", {})]
+    objects = render(helm, CHART / "ci" / "observability-values.yaml")
+    dashboard = only(objects, "ConfigMap", "dnsd-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "DNS"}
+    shipped = json.loads(dashboard["data"]["dnsd.json"])
+    assert shipped == json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    elsewhere = render(helm, None, "metrics.grafanaDashboard.enabled=true",
+                       "metrics.grafanaDashboard.namespace=monitoring")
+    assert only(elsewhere, "ConfigMap", "dnsd-dashboard")["metadata"]["namespace"] == "monitoring"
+
+
+def _dashboard_metrics() -> set[str]:
+    """Every dnsd metric name the dashboard's queries (panels and template variables) refer to."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    texts = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    texts += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
+    return {name for text in texts for name in re.findall(r"\bdnsd_[a-z0-9_]+", text)}
+
+
+def test_dashboard_panels_are_well_formed() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for topic in ("source", "rcode", "latency", "rrl", "fast-path hit ratio", "cache hit ratio", "informer lag",
+                  "informer restarts"):
+        assert topic in titles, f"no panel about {topic}"
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"]
+
+
+def test_every_metric_the_dashboard_queries_is_exported_by_dnsd() -> None:
+    """Start dnsd, answer a few queries, scrape /metrics: every name the dashboard uses must be there.
+
+    A counter or histogram that has no labelled sample yet still has its `# TYPE` line, so a family
+    counts as present by that line; histograms are queried through their `_bucket` samples.
+    """
+    wanted = _dashboard_metrics()
+    assert {"dnsd_queries_total", "dnsd_fast_path_answers_total", "dnsd_query_duration_seconds_bucket"} <= wanted
+    with DnsdProcess("--zone", "c2.k8s.ooo", "--source", f"file:{EXAMPLE_MANIFESTS}", "--recursion", "off",
+                     http="127.0.0.1:0") as proc:
+        for name in ("sample-service.default.svc.c2.k8s.ooo", "nosuch.default.svc.c2.k8s.ooo"):
+            for _ in range(2):
+                proc.query(name, "AAAA")
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    exported: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            exported.add(name)
+            if kind == "counter" and not name.endswith("_total"):
+                exported.add(f"{name}_total")
+            if kind == "histogram":
+                exported.update(f"{name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+        elif line and not line.startswith("#"):
+            exported.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    missing = sorted(wanted - exported)
+    assert not missing, f"the dashboard queries metrics dnsd does not export: {missing}"
+
+
 def test_deployment_is_locked_down(helm: str) -> None:
     deployment = only(render(helm), "Deployment")
     spec = deployment["spec"]
@@ -578,7 +652,7 @@ def test_recursion_off_stays_a_string(helm: str) -> None:
 @pytest.mark.parametrize("values", RENDER_CASES, ids=RENDER_IDS)
 def test_rendered_config_is_accepted_by_dnsd(helm: str, values: Path | None, tmp_path: Path) -> None:
     path = tmp_path / "dnsd.yaml"
-    path.write_text(only(render(helm, values), "ConfigMap")["data"]["dnsd.yaml"], encoding="utf-8")
+    path.write_text(config_map(render(helm, values))["data"]["dnsd.yaml"], encoding="utf-8")
     loaded = dnsd_config.load(["--config", str(path)])
     assert loaded.source == "kubernetes"
     assert loaded.http == dnsd_config.Endpoint("::", 8080) or loaded.http == dnsd_config.Endpoint("0.0.0.0", 8080)
@@ -594,7 +668,7 @@ def test_dnsd_serves_the_rendered_config(helm: str, values: Path | None, tmp_pat
         pytest.fail(f"{EXAMPLE_MANIFESTS} is missing")
     objects = render(helm, values)
     config_path = tmp_path / "dnsd.yaml"
-    config_path.write_text(only(objects, "ConfigMap")["data"]["dnsd.yaml"], encoding="utf-8")
+    config_path.write_text(config_map(objects)["data"]["dnsd.yaml"], encoding="utf-8")
     zone = dnsd_yaml(objects)["zone"]
     port = free_port()
     command = [sys.executable, "-m", "dnsd", "--config", str(config_path), *example_flags(port)]

@@ -193,19 +193,23 @@ async def test_relist_after_410_has_no_gap(fake: FakeKube, tmp_path: Path, form:
 async def test_expired_continue_token_restarts_the_list(fake: FakeKube, tmp_path: Path) -> None:
     populate(fake, 7)
     original = fake._list
-    calls = {"n": 0}
+    compacted: list[bool] = []
 
-    def compacting_list(*args: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            fake.compact()  # the second page's continue token is now expired
-        return original(*args)
+    def compacting_list(resource: str, namespace: str | None, selector: list[Any], query: dict[str, str]) -> Any:
+        # Compact exactly when the Services' second page is asked for, so that its token is expired.
+        # (Counting every list call raced: the EndpointSlice informer lists at the same time, and when
+        # its list came second the compaction happened before the Services' first page was served.)
+        if resource == "services" and "continue" in query and not compacted:
+            compacted.append(True)
+            fake.compact()
+        return original(resource, namespace, selector, query)
 
     fake._list = compacting_list  # type: ignore[method-assign]
     async with source(fake, tmp_path) as zone:
         await eventually(lambda: zone.synced)
         assert len(zone.services) == 7
     services = list(fake.lists("services"))
+    assert compacted
     assert "continue" in services[1].query
     assert any("continue" not in r.query for r in services[2:])  # started over
 

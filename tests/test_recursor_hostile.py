@@ -322,7 +322,7 @@ def test_cache_bytes_account_for_what_the_entries_keep_alive() -> None:
 
 def test_fast_path_store_of_recursive_answers_has_a_byte_budget() -> None:
     store = RecursiveStore(max_bytes=1024 * 1024)
-    labels = ("udp", "A", "NOERROR", "cache")
+    labels = ("udp", "A", "NOERROR", "cache", "cached")
     template = bytes(12) + bytes(3000)
     for i in range(2000):
         store.put(b"k%d" % i, CachedAnswer(template, 0.0, [20], [300], labels, labels))

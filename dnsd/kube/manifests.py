@@ -5,7 +5,8 @@ multi-document YAML of Services, EndpointSlices and Namespaces, or the same as J
 loads a hundred times faster: the form for large clusters); other kinds are ignored. It is
 re-read when its identity or modification time changes (checked every `POLL_INTERVAL` seconds: a
 stat call, cheap, and it also sees a ConfigMap volume's symlink swap), and the new state goes through
-`ZoneIndex.replace`, which touches only what differs. Reloads are parsed off the event loop: in a
+`ZoneIndex.replace`, which touches only what differs (a reload through `ZoneIndex.resync_all`, in
+steps that yield to the event loop, as the informer's relist does). Reloads are parsed off the event loop: in a
 thread for small files, in a short-lived child process for large ones (their parse would otherwise
 hold the GIL for seconds and leave its peak memory in the server). A file that cannot be read or parsed logs one
 error and leaves the last good data in place; at start-up there is no good data yet, so the first
@@ -15,11 +16,15 @@ failure stops dnsd with one line instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
 import os
+import pickle
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,18 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL = 0.25
 #: Files larger than this (a few hundred Services) are parsed in a short-lived child process.
 CHILD_PARSE_BYTES = 128 * 1024
+#: Records per pickled piece of a child's result (see `parse_in_pieces`).
+PIECE = 500
+#: Files larger than this (about 10,000 Services of YAML) are split into runs of whole objects that
+#: children parse at the same time, one per CPU this process may use (at most `MAX_PARSERS`).
+PARALLEL_PARSE_BYTES = 4 * 1024 * 1024
+MAX_PARSERS = 8
+_LIST_KIND = re.compile(r"^kind:[ \t]*List[ \t]*$", re.M)
+_LIST_ITEMS = re.compile(r"^items:[ \t]*\n", re.M)
+_ITEM_START = re.compile(r"^- ", re.M)
+_AFTER_ITEMS = re.compile(r"^(?!- |[ \t#]|$)", re.M)
+_DOCUMENT_START = re.compile(r"^---[ \t]*$", re.M)
+_TOP_LEVEL_KEY = re.compile(r"[A-Za-z_][\w.-]*:(?:[ \t]|$)", re.M)
 
 Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
 
@@ -116,6 +133,96 @@ def parse_bytes(raw: bytes, origin: str, fast_yaml: bool) -> Loaded:
     return parse_manifests(text, origin, fast_yaml)
 
 
+def parse_in_pieces(raw: bytes, origin: str) -> list[bytes]:
+    """In the child process: `parse_bytes` with libyaml, the result pickled in pieces of `PIECE` records.
+
+    The parent unpickles one piece at a time in its reader thread. One pickle of 100,000 records
+    would be unpickled in one C call that holds the GIL (and so the event loop) for tens of
+    milliseconds; pieces of a few hundred hold it for well under one.
+    """
+    services, slices, namespaces = parse_bytes(raw, origin, True)
+    pieces = [pickle.dumps(namespaces)]
+    for records in (services, slices):
+        pieces.append(pickle.dumps(len(records) // PIECE + 1))
+        pieces.extend(pickle.dumps(records[i : i + PIECE]) for i in range(0, len(records) + 1, PIECE))
+    return pieces
+
+
+def _unpickle_pieces(pieces: list[bytes]) -> Loaded:
+    """The inverse of `parse_in_pieces`, one short C call per piece (the GIL is free in between)."""
+    # The pickles come from our own child process (the executor itself pickles its results).
+    feed = iter(pieces)
+    namespaces: list[str] = pickle.loads(next(feed))  # noqa: S301
+    out: list[list[Any]] = []
+    for _ in range(2):
+        records: list[Any] = []
+        for _ in range(pickle.loads(next(feed))):  # noqa: S301
+            records.extend(pickle.loads(next(feed)))  # noqa: S301
+        out.append(records)
+    return out[0], out[1], namespaces
+
+
+def split_objects(text: str, parts: int) -> list[str] | None:
+    """`text` cut into at most `parts` texts of whole objects, each valid on its own; None if it cannot be.
+
+    Two layouts are cut: kubectl's `kind: List` (items as `- ` at column 0 under `items:`, which no
+    line inside an item can start with: an item's own lines are indented) and multi-document YAML
+    (`---` lines). Parsed one by one and concatenated, the parts give exactly what the whole gives.
+    """
+    if parts < 2 or text.startswith("%") or "\n%" in text:  # directives apply to what follows them
+        return None
+    if _LIST_KIND.search(text):
+        items = _LIST_ITEMS.search(text)
+        if items is None:
+            return None
+        after = _AFTER_ITEMS.search(text, items.end())
+        if after is not None and not _TOP_LEVEL_KEY.match(text, after.start()):
+            return None  # the list does not end in a plain key (a lone "-" item?): do not guess
+        body = text[items.end() : after.start() if after else len(text)]
+        starts = [m.start() for m in _ITEM_START.finditer(body)]
+        if not starts or starts[0] != 0 or len(starts) < parts:
+            return None
+        per = -(-len(starts) // parts)
+        bounds = [*starts[::per], len(body)]
+        return [f"kind: List\nitems:\n{body[a:b]}" for a, b in itertools.pairwise(bounds)]
+    documents = _DOCUMENT_START.split(text)
+    if len(documents) < parts:
+        return None
+    per = -(-len(documents) // parts)
+    return ["\n---\n".join(documents[i : i + per]) for i in range(0, len(documents), per)]
+
+
+def _parse_in_children(raw: bytes, origin: str) -> Loaded:
+    """Parse a large file in short-lived children at a low priority: in parallel when it is big enough."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    parts = None
+    if len(raw) > PARALLEL_PARSE_BYTES and min(cpus, MAX_PARSERS) > 1:
+        with contextlib.suppress(UnicodeDecodeError):
+            parts = split_objects(raw.decode("utf-8"), min(cpus, MAX_PARSERS))
+    if parts:
+        try:
+            with ProcessPoolExecutor(max_workers=len(parts), mp_context=context, initializer=_in_background) as pool:
+                results = [_unpickle_pieces(pieces) for pieces in
+                           pool.map(parse_in_pieces, [part.encode() for part in parts], [origin] * len(parts))]
+            return ([s for r in results for s in r[0]], [s for r in results for s in r[1]],
+                    [n for r in results for n in r[2]])
+        except SourceError:
+            pass  # parse it whole below: the error's line numbers are then the file's own
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_in_background) as child:
+        pieces = child.submit(parse_in_pieces, raw, origin).result()
+    return _unpickle_pieces(pieces)
+
+
+def _in_background() -> None:
+    """Initializer of the parsing child: a lower priority, so that on a shared core the server comes first."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
 class ManifestSource:
     """Feeds the zone from a manifests file and follows its changes."""
 
@@ -156,27 +263,45 @@ class ManifestSource:
             return digest, parse_bytes(raw, str(self.path), False)
         # A large file: parse it in a child process that exits afterwards, so that neither the
         # parse's peak memory nor its CPU time (it would hold the GIL) is ever the server's.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as child:
-            return digest, child.submit(parse_bytes, raw, str(self.path), True).result()
+        # At a lower priority, so that a reload of a big file never takes the server's core from it.
+        return digest, _parse_in_children(raw, str(self.path))
 
     def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
         if parsed is None:
             return False
+        digest, (services, slices, namespaces) = self._filtered(parsed)
+        changed = self.zone.replace(services, slices, namespaces, self._version())
+        self._digest = digest
+        self._applied(services, slices, changed)
+        return True
+
+    async def _apply_stepped(self, parsed: tuple[bytes, Loaded] | None) -> bool:
+        """A reload: the same diff as `_apply`, in steps that yield to the event loop (`ZoneIndex.resync_all`)."""
+        if parsed is None:
+            return False
+        digest, (services, slices, namespaces) = self._filtered(parsed)
+        self._digest = digest  # first: a poll during the steps must not read the same content again
+        changed = await self.zone.resync_all(services, slices, namespaces, self._version())
+        self._applied(services, slices, changed)
+        return True
+
+    def _version(self) -> int | None:
+        """The file's version of the data: its mtime in seconds (the serial design in dnsd.zone)."""
+        return self._identity[2] // 1_000_000_000 if self._identity is not None else None
+
+    def _filtered(self, parsed: tuple[bytes, Loaded]) -> tuple[bytes, Loaded]:
         digest, (services, slices, namespaces) = parsed
         if self.only_namespaces:
             services = [s for s in services if s.namespace in self.only_namespaces]
             slices = [s for s in slices if s.namespace in self.only_namespaces]
             namespaces = [n for n in namespaces if n in self.only_namespaces]
-        # The file's version of the data is its mtime in seconds (the serial design in dnsd.zone).
-        version = self._identity[2] // 1_000_000_000 if self._identity is not None else None
-        changed = self.zone.replace(services, slices, namespaces, version)
-        self._digest = digest
+        return digest, (services, slices, namespaces)
+
+    def _applied(self, services: list[ServiceRecord], slices: list[SliceRecord], changed: int) -> None:
         metrics.SOURCE_EVENTS.labels(kind="file", type="RELOAD").inc()
         metrics.SOURCE_LAST_SYNC.labels(kind="file").set_to_current_time()
         logger.info("loaded %s: %d services, %d endpoint slices, %d changed; serial %d",
                     self.path, len(services), len(slices), changed, self.zone.serial)
-        return True
 
     async def run(self) -> None:
         """Follow the file until cancelled; errors after the first load never stop the loop."""
@@ -186,7 +311,7 @@ class ManifestSource:
             if self._stat() == self._identity:
                 continue
             try:
-                self._apply(await asyncio.to_thread(self._read))
+                await self._apply_stepped(await asyncio.to_thread(self._read))
                 reported = ""
             except SourceError as exc:
                 metrics.SOURCE_ERRORS.labels(source="file").inc()

@@ -608,7 +608,8 @@ class Handler:
         if end > 254:
             return None
         name_wire = key[: end + 1]
-        zone = self.zone
+        # the view of the key's access class (the publication policy): the Internet's for the rest
+        zone = self.zone if tail[4] & _FLAG_RECURSE else self.internet
         apex, apex_at = zone.apex_of_wire(name_wire)
         at = labels = 0
         boundary = apex_at == 0
@@ -743,7 +744,8 @@ class Handler:
             if template is not None:
                 self._templates[verdict] = template
             return
-        if result is None or not self.zone.existence(query.qname)[1]:
+        view = self.zone if key[-1] & _FLAG_RECURSE else self.internet
+        if result is None or not view.existence(query.qname)[1]:
             return
         self._store(key, reply, result, query.qtype, rcode, source)
 

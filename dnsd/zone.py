@@ -264,6 +264,7 @@ class ZoneIndex:
         self._names: dict[str, dict[int, Shared]] = {}
         #: Wildcard owners and delegation points, for `existence`: none today (see there).
         self._cuts: frozenset[str] = frozenset()
+        self._wildcards: dict[str, int] = {}  # parent of a `*.` name -> how many count it (see _cuts)
         #: First label (wire octets) of every existing name -> how many entries of _present/_below have
         #: it: a name whose first label is not here does not exist, whatever follows (`first_label_known`).
         self._first_labels: dict[bytes, int] = {}
@@ -349,6 +350,16 @@ class ZoneIndex:
         return label in self._first_labels or bool(self._cuts)
 
     def _count_first_label(self, name: str, delta: int) -> None:
+        if name.startswith("*."):
+            # An RFC 4592 wildcard (ExternalDNS hostnames): its parent becomes a cut, so that no
+            # negative template answers a name it may synthesize (the slow path decides there).
+            parent = name[2:]
+            count = self._wildcards.get(parent, 0) + delta
+            if count:
+                self._wildcards[parent] = count
+            else:
+                self._wildcards.pop(parent, None)
+            self._cuts = frozenset(self._wildcards)
         label = name.split(".", 1)[0].encode()
         count = self._first_labels.get(label, 0) + delta
         if count:

@@ -75,7 +75,7 @@ def start(tmp_path: Path, http: str = "off") -> DnsdProcess:
     path.write_text(MANIFESTS)
     return DnsdProcess("--zone", ZONE, "--zone", SECOND, "--source", f"file:{path}", "--recursion", "off",
                        "--allow-recursion", "127.0.0.1/32", "--nameserver", f"ns1.{ZONE}=2001:db8::53",
-                       http=http).start()
+                       http=http)
 
 
 def test_several_zones_each_with_its_apex(tmp_path: Path) -> None:

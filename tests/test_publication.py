@@ -109,12 +109,12 @@ def start(tmp_path: Path, *extra: str) -> DnsdProcess:
     return DnsdProcess("--zone", ZONE, "--source", f"file:{path}", "--allow-recursion", "127.0.0.1/32",
                        "--recursion", "off", "--reverse-zone", "2001:db8::/32", "--reverse-zone", "fd00::/8",
                        "--reverse-zone", "10.0.0.0/8", "--reverse-zone", "203.0.113.0/24",
-                       "--nameserver", f"ns1.{ZONE}=2001:db8::53,192.168.1.53", *extra).start()
+                       "--nameserver", f"ns1.{ZONE}=2001:db8::53,192.168.1.53", *extra)
 
 
 @pytest.fixture(scope="module")
 def dnsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsdProcess]:
-    process = start(tmp_path_factory.mktemp("publication"))
+    process = start(tmp_path_factory.mktemp("publication")).start()
     try:
         yield process
     finally:

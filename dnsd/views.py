@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 from functools import lru_cache
 
 from dnsd.config import DEFAULT_UNPUBLISHED, Config, IPNetwork
@@ -35,15 +36,22 @@ class Publication:
     def __init__(self, networks: tuple[IPNetwork, ...]) -> None:
         self.explicit = bool(networks)
         self.networks = networks or tuple(ipaddress.ip_network(n) for n in DEFAULT_UNPUBLISHED)
+        # (family, network as int, mask as int): inet_pton and integer masks cost about a microsecond an
+        # address, a twentieth of ipaddress's parser, which a relist of 50,000 Services would feel.
+        self._masks = tuple(
+            (socket.AF_INET if net.version == 4 else socket.AF_INET6, int(net.network_address), int(net.netmask))
+            for net in self.networks
+        )
         # Small: a relist asks once per address, a watch event for a handful; a cache the size of the
-        # cluster would cost tens of megabytes at 50,000 Services (about 5 us saved per address).
+        # cluster would cost tens of megabytes at 50,000 Services.
         self.allows = lru_cache(maxsize=4096)(self._decide)
 
     def _decide(self, address: str) -> bool:
-        ip = ipaddress.ip_address(address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        inside = any(ip.version == net.version and ip in net for net in self.networks)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        value = int.from_bytes(socket.inet_pton(family, address))
+        if family == socket.AF_INET6 and value >> 32 == 0xFFFF:  # IPv4-mapped: judged as the IPv4 address
+            family, value = socket.AF_INET, value & 0xFFFFFFFF
+        inside = any(f == family and value & mask == net for f, net, mask in self._masks)
         return inside if self.explicit else not inside
 
     def service(self, record: ServiceRecord) -> ServiceRecord:

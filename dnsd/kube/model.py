@@ -29,7 +29,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 #: ExternalDNS's annotations (ARCHITECTURE.md "Contract: more names"): the GA prefix wins over the alpha one.
 HOSTNAME_ANNOTATIONS = ("external-dns.kubernetes.io/hostname", "external-dns.alpha.kubernetes.io/hostname")
 EXTERNAL_TTL_ANNOTATIONS = ("external-dns.kubernetes.io/ttl", "external-dns.alpha.kubernetes.io/ttl")
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -234,7 +234,7 @@ def service_from_api(obj: dict[str, Any]) -> ServiceRecord:
 def parse_ttl(raw: Any) -> int | None:
     """A TTL annotation: seconds (`"60"`), or a duration as ExternalDNS accepts (`"1m30s"`); None if neither."""
     text = str(raw).strip().lower()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # isdigit alone takes "²", which int() does not
         value = int(text)
     else:
         match = _DURATION.match(text)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dnsd import metrics, xfr
 from dnsd.config import Config
@@ -27,7 +28,13 @@ from dnsd.views import InternetView
 from dnsd.workers import WorkerPool, follow
 from dnsd.zone import ZoneIndex
 
+if TYPE_CHECKING:
+    from dnsd.dnssec.signer import Signer
+
 logger = logging.getLogger(__name__)
+#: Seconds between two runs of the signer's periodic work (key timing, signature refresh). The
+#: environment variable DNSD_SIGNER_TICK shortens it for tests of rollovers in real time.
+SIGNER_TICK = 60.0
 
 
 class App:
@@ -120,11 +127,55 @@ class App:
         task = asyncio.create_task(kube.run(), name="informer")
         self.tasks.append(task)
 
+    def _make_signer(self) -> Signer:
+        """The signer of every zone with keys in --dnssec-keys (every process signs its own index)."""
+        from dnsd.dnssec import keys as dnssec_keys
+        from dnsd.dnssec.signer import Signer
+
+        if self.config.dnssec_denial != "nsec3":
+            # Refused rather than silently served as NSEC3: RFC 9824 compact denial is not built yet.
+            raise StartupError("--dnssec-denial compact is not implemented yet; use nsec3")
+        directory = self.config.dnssec_keys or ""
+        try:
+            found = dnssec_keys.load_dir(directory)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"dnssec keys: {exc}") from None
+        if not found:
+            raise StartupError(f"dnssec keys: no K*.private files in {self.config.dnssec_keys}")
+        return Signer(self.zone, found)
+
+    async def _sign_periodically(self, signer: Signer) -> None:
+        """Once every `SIGNER_TICK` seconds: read the key directory again (a rollover is done by adding
+        files), then let the signer apply key timing and refresh expiring signatures in bounded steps."""
+        from dnsd.dnssec import keys as dnssec_keys
+
+        directory = self.config.dnssec_keys or ""
+        try:
+            tick = max(0.1, float(os.environ.get("DNSD_SIGNER_TICK", SIGNER_TICK)))
+        except ValueError:
+            tick = SIGNER_TICK
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                found: list[Any] | None = dnssec_keys.load_dir(directory) or None
+            except (OSError, ValueError) as exc:
+                logger.warning("dnssec keys: %s; signing on with the keys loaded before", exc)
+                found = None
+            before = signer.signatures_made
+            signer.tick(found)
+            if signer.signatures_made - before:
+                logger.info("signer: %d signatures made", signer.signatures_made - before)
+
     async def run(self) -> int:
         config = self.config
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor, self.internet)
+        if config.dnssec_keys:
+            signer = self.handler.signer = self._make_signer()
+            signer.on_resign = self.handler.invalidate
+            metrics.register_signer(signer)
+            self.tasks.append(asyncio.create_task(self._sign_periodically(signer), name="signer"))
         if config.transfer_allow or config.notify or config.tsig_key_file:
             try:
                 keys = xfr.load_keys(config)
@@ -134,6 +185,7 @@ class App:
             # and journal); only the watching process sends NOTIFY, so secondaries get it once.
             # Transfers carry the Internet's view (the publication policy).
             self.handler.transfers = xfr.Transfers(config, self.internet, keys)
+            self.handler.transfers.signer = self.handler.signer
             if config.notify and self.link is None:
                 self.notifier = xfr.Notifier(config, self.internet, keys)
         if config.workers > 1 and self.link is None:

@@ -11,9 +11,13 @@ that resolvers do not cache a wrong NXDOMAIN. The handler decides what to do wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dnsd.wire import ANY, AXFR, IXFR, NXDOMAIN, REFUSED, RR, SERVFAIL, Response
 from dnsd.zone import AAAA, CNAME, NS, SOA, SRV, A, ZoneApex, ZoneIndex
+
+if TYPE_CHECKING:
+    from dnsd.dnssec.signer import Signer
 
 #: Longest chain of in-zone CNAMEs followed in one answer (loops end here too).
 MAX_CNAME_CHAIN = 8
@@ -32,8 +36,21 @@ class Answer:
     apex: ZoneApex
 
 
-def answer(zone: ZoneIndex, qname: str, qtype: int) -> Answer | None:
-    """The authoritative answer for (qname, qtype), or None when qname is outside every served zone."""
+def answer(zone: ZoneIndex, qname: str, qtype: int, signer: Signer | None = None) -> Answer | None:
+    """The authoritative answer for (qname, qtype), or None when qname is outside every served zone.
+
+    With `signer` (a DO=1 query to a signed zone) the answer also carries the pre-made RRSIGs and
+    NSEC3 proofs; such an answer depends on every name (NSEC3 neighbours), so it is volatile.
+    """
+    result = _answer(zone, qname, qtype)
+    if signer is not None and result is not None and result.response.rcode in (0, NXDOMAIN):
+        signer.augment(result.response, qname)
+        if result.response.rcode == NXDOMAIN or not result.response.answer:
+            result.volatile = True
+    return result
+
+
+def _answer(zone: ZoneIndex, qname: str, qtype: int) -> Answer | None:
     apex = zone.find_apex(qname)
     if apex is None:
         return None

@@ -21,8 +21,11 @@ EXIT_STARTUP = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the configuration, run the server, and map failures to one line and an exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["keygen"]:
+        return keygen(args[1:])
     try:
-        config = config_module.load(sys.argv[1:] if argv is None else argv)
+        config = config_module.load(args)
     except ConfigError as exc:
         print(f"dnsd: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -42,3 +45,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_STARTUP
     except KeyboardInterrupt:
         return 0
+
+
+def keygen(argv: Sequence[str]) -> int:
+    """`dnsd keygen ZONE [--algorithm ecdsap256sha256|ed25519] [--dir DIR]`: write a CSK, print DS and DNSKEY.
+
+    The DS (digest type 2) is what goes to the parent; the files are BIND's format, so `--dnssec-keys`
+    reads them exactly as it reads keys made by `dnssec-keygen`.
+    """
+    import argparse
+
+    from dnsd.dnssec import keys
+
+    parser = argparse.ArgumentParser(prog="dnsd keygen", description="write a DNSSEC signing key (CSK)")
+    parser.add_argument("zone")
+    parser.add_argument("--algorithm", default="ecdsap256sha256", choices=sorted(keys.ALGORITHMS_BY_NAME))
+    parser.add_argument("--dir", default=".")
+    options = parser.parse_args(list(argv))
+    try:
+        key = keys.generate(options.zone, keys.ALGORITHMS_BY_NAME[options.algorithm])
+        base = keys.write(key, options.dir)
+    except (OSError, keys.KeyError_) as exc:
+        print(f"dnsd keygen: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"; {base}.key, {base}.private", file=sys.stderr)
+    print(key.ds_text())
+    print(key.dnskey_text())
+    return 0

@@ -103,6 +103,7 @@ class Config:
     recursion_max_outstanding: int = 4096
     recursion_max_per_client: int = 1024
     recursion_max_per_zone: int = 100
+    recursion_jostle_timeout: float = 0.2
     lame_duck: float = 5.0
     query_log_sample: float = 0.0
     dns64_exclude: tuple[ipaddress.IPv6Network, ...] = ()
@@ -118,6 +119,9 @@ class Config:
     tsig_key_file: tuple[str, ...] = ()
     notify: tuple[NotifyTarget, ...] = ()
     ixfr_journal: int = 1000
+    # Signing (ARCHITECTURE.md "Contract: DNSSEC for the zones").
+    dnssec_keys: str | None = None
+    dnssec_denial: str = "nsec3"
     # The publication policy (ARCHITECTURE.md "Contract: what the Internet sees").
     publish_networks: tuple[IPNetwork, ...] = ()
     # Every --zone, the first being `zone` (set by `from_mapping`; empty means just `zone`).
@@ -462,6 +466,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("recursion_max_per_zone", parse_int(1, 1_000_000),
            "recursive queries in progress at once towards one zone's servers; beyond it a query for that "
            "zone gets SERVFAIL (default 100)", metavar="N"),
+    Option("recursion_jostle_timeout", parse_float(0, 60),
+           "seconds after which a recursive query in progress gives its slot to a new one when every slot "
+           "is taken (default 0.2, as Unbound's jostle-timeout; 0: never, the new query is refused)",
+           metavar="SECONDS"),
     Option("dnssec_validation", parse_bool, "validate recursive answers with DNSSEC: on or off (default on)",
            metavar="on|off"),
     Option("trust_anchor", parse_path, "DS or DNSKEY records in zone-file format trusted instead of the "
@@ -477,6 +485,10 @@ OPTIONS: tuple[Option, ...] = (
            repeat=True, metavar="ADDR[:PORT][=KEY]"),
     Option("ixfr_journal", parse_int(0, 1_000_000), "serials kept for IXFR (default 1000; 0: AXFR only)",
            metavar="N"),
+    Option("dnssec_keys", parse_path, "sign every zone with the BIND key files in DIR (dnsd keygen, "
+           "dnssec-keygen)", metavar="DIR"),
+    Option("dnssec_denial", parse_choice("nsec3", "compact"), "authenticated denial: nsec3 or compact "
+           "(default nsec3)", metavar="nsec3|compact"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

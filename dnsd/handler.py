@@ -59,6 +59,7 @@ from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
 from dnsd.zone import ZoneIndex
 
 if TYPE_CHECKING:
+    from dnsd.dnssec.signer import Signer
     from dnsd.xfr import Transfers
 
 logger = logging.getLogger(__name__)
@@ -365,6 +366,7 @@ class Handler:
 
     #: AXFR, IXFR, NOTIFY and TSIG-signed queries go here when transfers are configured (`dnsd.xfr`).
     transfers: Transfers | None = None
+    signer: Signer | None = None  # --dnssec-keys: DO=1 zone answers carry RRSIGs and NSEC3
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
                  recursor: Recursor | None = None, internet: ZoneIndex | None = None) -> None:
@@ -389,6 +391,8 @@ class Handler:
         self._recursive = RecursiveStore()
         self._outstanding = 0
         self._outstanding_by_client: dict[str, int] = {}
+        #: recursive queries in progress, oldest first, with their start time (perf_counter)
+        self._admitted: dict[asyncio.Future[bytes | None], float] = {}
         self._query_log_sample = config.query_log_sample
         self.rrl = (
             rrl.RateLimiter(config.rrl_responses_per_second, config.rrl_slip, config.rrl_ipv4_prefix,
@@ -600,6 +604,8 @@ class Handler:
         settled on the wire form: one walk over the length octets (which also checks that the zone's
         apex starts on a label boundary) and one dictionary lookup, without spelling the name.
         """
+        if key[-1] & _FLAG_DO and self.signer is not None:
+            return None  # a signed denial names its NSEC3 neighbours: it depends on the name
         tail = key[-5:]
         qtype = (tail[0] << 8) | tail[1]
         if qtype == 0 or qtype == wire.OPT or 127 < qtype < 256:
@@ -689,7 +695,8 @@ class Handler:
             self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype)
+            result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype,
+                                     self.signer if query.edns_do else None)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,
@@ -754,25 +761,45 @@ class Handler:
         """Admit one recursive query under the outstanding limits, or answer SERVFAIL at once.
 
         The limits bound the memory a flood of unanswerable names (or a slow upstream) can pin:
-        each admitted query holds a task and its resolution state until it completes.
+        each admitted query holds a task and its resolution state until it completes. When every
+        slot is taken, the oldest query gives way to the new one once it has run
+        `--recursion-jostle-timeout` (Unbound's jostle-timeout, 200 ms by default); it is dropped, as
+        Unbound drops a jostled query, and its client retries. Queries that wait on a dead zone are
+        the old ones, so they, not the healthy newcomers, lose their slots. Only when
+        every query in progress is younger than that is the new one refused. The per-client limit
+        refuses the newest, so that one client cannot push out the others.
         """
         per_client = self._outstanding_by_client.get(host, 0)
-        if self._outstanding >= self.config.recursion_max_outstanding:
-            LIMIT_HITS.labels("recursion_outstanding").inc()
-        elif per_client >= self.config.recursion_max_per_client:
+        if per_client >= self.config.recursion_max_per_client:
             LIMIT_HITS.labels("recursion_per_client").inc()
+        elif self._outstanding >= self.config.recursion_max_outstanding and not self._jostle(started):
+            LIMIT_HITS.labels("recursion_outstanding").inc()
         else:
             self._outstanding += 1
             self._outstanding_by_client[host] = per_client + 1
             task = asyncio.ensure_future(self._recurse(found, query, limit, transport, started, host))
+            self._admitted[task] = started
             # a done callback runs even when the task is cancelled before it starts (client gone)
-            task.add_done_callback(lambda _task: self._release(host))
+            task.add_done_callback(lambda done: self._release(host, done))
             return task
         return self._finish(wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), query,
                             wire.SERVFAIL, "error", transport, started, host)
 
-    def _release(self, host: str) -> None:
+    def _jostle(self, now: float) -> bool:
+        """Drop the oldest query in progress when it has run the jostle timeout; True when one was dropped."""
+        oldest = next(iter(self._admitted), None)
+        after = self.config.recursion_jostle_timeout
+        if oldest is None or not after or now - self._admitted[oldest] < after:
+            return False
+        del self._admitted[oldest]  # its slot is counted free from now on; its callback releases it
         self._outstanding -= 1
+        oldest.cancel()
+        LIMIT_HITS.labels("recursion_jostled").inc()
+        return True
+
+    def _release(self, host: str, task: asyncio.Future[bytes | None]) -> None:
+        if self._admitted.pop(task, None) is not None:
+            self._outstanding -= 1  # (a jostled task's slot was given back when it was pushed out)
         left = self._outstanding_by_client.get(host, 1) - 1
         if left:
             self._outstanding_by_client[host] = left

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 QTYPE_NAMES = {
@@ -193,6 +193,37 @@ def register_query_stats(stats: QueryStats, registry: CollectorRegistry = REGIST
 
 
 # ---- zone -------------------------------------------------------------------------------------
+class SignerCollector(Collector):
+    """The zone signer's state, read at scrape time (`dnssec.signer.Signer`)."""
+
+    def __init__(self, signer: Any) -> None:
+        self.signer = signer
+
+    def collect(self) -> Iterator[Any]:
+        signer = self.signer
+        made = CounterMetricFamily("dnsd_dnssec_signatures", "RRSIGs made by the zone signer")
+        made.add_metric([], signer.signatures_made)
+        yield made
+        expiry = GaugeMetricFamily("dnsd_dnssec_next_expiry_timestamp_seconds",
+                                   "Expiration of the oldest signature served (seconds since the epoch)")
+        if signer.next_expiry is not None:
+            expiry.add_metric([], signer.next_expiry)
+        yield expiry
+        states = GaugeMetricFamily("dnsd_dnssec_key_state", "Keys by zone, key tag and state (1: in it)",
+                                   labels=["zone", "tag", "role", "state"])
+        now = signer.clock()
+        for key in signer.keys:
+            role = "ksk" if key.sep else "zsk"
+            for state, value in (("published", key.published(now)), ("active", key.active(now))):
+                states.add_metric([key.zone, str(key.tag), role, state], 1.0 if value else 0.0)
+        yield states
+
+
+def register_signer(signer: Any, registry: CollectorRegistry = REGISTRY) -> None:
+    """Export the signer's metrics (once per process, when --dnssec-keys is set)."""
+    registry.register(SignerCollector(signer))
+
+
 ZONE_SERIAL = Gauge("dnsd_zone_serial", "SOA serial of the served zone")
 ZONE_RECORDS = Gauge("dnsd_zone_records", "RRsets currently served from the zone")
 ZONE_SERVICES = Gauge("dnsd_zone_services", "Services currently known to the zone index")
@@ -232,7 +263,7 @@ UPSTREAM_FAILURES = Counter(
 LIMIT_HITS = Counter(
     "dnsd_limit_hits_total",
     "Work refused because a limit was reached, by limit (tcp_connections, tcp_per_client, "
-    "tcp_write_stalled, recursion_outstanding, recursion_per_client, recursion_per_zone)",
+    "tcp_write_stalled, recursion_outstanding, recursion_per_client, recursion_per_zone, recursion_jostled)",
     ["limit"],
 )
 TCP_CONNECTIONS = Gauge("dnsd_tcp_connections", "TCP connections open")

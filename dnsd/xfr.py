@@ -47,6 +47,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dnsd import authority, metrics, tsig, wire
 from dnsd.config import Config, NotifyTarget, TransferAllow
@@ -216,6 +217,7 @@ class Transfers:
         self.allow: tuple[TransferAllow, ...] = config.transfer_allow
         self.edns_size = config.edns_udp_size
         self.active = 0
+        self.signer: Any = None  # a dnssec.signer.Signer when --dnssec-keys signs the zones
         self._log_window = 0.0
         self._logged = 0
         self._suppressed = 0
@@ -330,7 +332,7 @@ class Transfers:
             records: Iterator[XfrRR] = iter((self._soa(apex, serial),))
             snapshot = None
         else:
-            if client is not None:
+            if client is not None and self.signer is None:  # signed: the journal lacks the RRSIGs, AXFR
                 entries = zone.journal_since(client)
             if entries is not None:
                 result = "incremental"
@@ -363,7 +365,11 @@ class Transfers:
     def _full(self, apex: ZoneApex, snapshot: Snapshot) -> Iterator[XfrRR]:
         soa = self._soa(apex, snapshot.serial)
         yield soa
-        yield from snapshot.records()
+        if self.signer is not None:
+            yield from ((apex.name, 46, soa[2], sig) for sig in self.signer.soa_signatures(apex.name))
+            yield from self.signer.transfer_records(apex, snapshot.records())
+        else:
+            yield from snapshot.records()
         yield soa
 
     def _incremental(self, apex: ZoneApex, serial: int, entries: list[JournalEntry]) -> Iterator[XfrRR]:

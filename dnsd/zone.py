@@ -396,6 +396,10 @@ class ZoneIndex:
                 out[rtype] = rrset
         return out
 
+    def names(self) -> list[str]:
+        """Every owner name that holds records (for the signer's first pass)."""
+        return list(self._names)
+
     def types_at(self, name: str) -> list[int]:
         """The RR types present at a name, in ascending order."""
         return sorted(self._names.get(name, {}))
@@ -459,6 +463,16 @@ class ZoneIndex:
         self._subscribers.append(callback)
 
     # ---- writing --------------------------------------------------------------------------------
+
+    def put_extra(self, owner: Owner, records: Records) -> None:
+        """Set the records of a non-Kubernetes owner (the signer's DNSKEY, CDS, CDNSKEY, NSEC3PARAM).
+
+        They go through `_apply` like a Service's records, so transfers, the journal, subscribers
+        and answers see them as ordinary zone data.
+        """
+        changed: set[str] = set()
+        self._apply(owner, records, changed)
+        self._commit(changed)
 
     def mark_synced(self) -> None:
         """The source has delivered a full state: names in the zone may now be answered.

@@ -58,8 +58,9 @@ CRD_KINDS = {"ServiceMonitor"}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 #: dnsd options the chart sets itself (listen, http: the container ports) or never exposes (the source
 #: is always the live cluster, with the in-cluster credentials; no root hints or trust anchor file is
-#: mounted: the bundled ones serve; TSIG key files come from the Secret named in `tsig`).
-CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints", "trust_anchor", "tsig_key_file"}
+#: mounted: the bundled ones serve; TSIG and DNSSEC key files come from the Secrets named in `tsig`, `dnssec`).
+CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints", "trust_anchor", "tsig_key_file",
+                       "dnssec_keys"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -813,3 +814,42 @@ def test_hidden_primary_values_mount_the_tsig_secret_and_dnsd_transfers_with_the
                 stop(process)
     assert zone.get_soa().serial == notify.answer[0][0].serial
     assert len(zone.nodes) > 10
+
+
+def test_dnssec_values_mount_the_key_secret_and_dnsd_signs_with_it(helm: str, tmp_path: Path) -> None:
+    """dnssec.existingSecret becomes a read-only Secret volume and `dnssec_keys`; the rendered config, with
+    keys from `dnsd keygen` put where the Secret would be, makes a real dnsd serve a signed DNSKEY RRset."""
+    values = write_values(tmp_path, {"dnssec": {"existingSecret": "dnsd-dnssec-keys"},
+                                     "config": {"dnssec_denial": "nsec3"}})
+    objects = render(helm, values)
+    for obj in objects:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "dnssec"]
+    assert volume["secret"] == {"secretName": "dnsd-dnssec-keys", "defaultMode": 0o400}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "dnssec"]
+    assert mount == {"name": "dnssec", "mountPath": "/etc/dnsd/dnssec", "readOnly": True}
+    config = dnsd_yaml(objects)
+    assert config["dnssec_keys"] == "/etc/dnsd/dnssec" and config["dnssec_denial"] == "nsec3"
+    assert "dnssec_keys" not in dnsd_yaml(render(helm))  # nothing without the Secret
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run([sys.executable, "-m", "dnsd", "keygen", config["zone"], "--dir", str(keys)], check=True,
+                   capture_output=True, cwd=REPO)
+    config["dnssec_keys"] = str(keys)
+    config_path = tmp_path / "dnsd.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = free_port()
+    log = tmp_path / "dnsd.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "dnsd", "--config", str(config_path),
+                                    *example_flags(port)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            query_soa(process, port, config["zone"], log)
+            query = dns.message.make_query(config["zone"], "DNSKEY", want_dnssec=True)
+            reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+            assert {rrset.rdtype for rrset in reply.answer} == {dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG}
+        finally:
+            stop(process)

@@ -147,8 +147,11 @@ def _config(recursion: bool) -> config_module.Config:
     return config_module.from_mapping(options)
 
 
-def _pair(recursion: bool) -> Pair:
-    """Built as dnsd/app.py builds them: config, zone fed by the manifests source, recursor, handler."""
+def _pair(recursion: bool, signed: bool = False) -> Pair:
+    """Built as dnsd/app.py builds them: config, zone fed by the manifests source, recursor, handler.
+
+    `signed`: the zones are signed (`--dnssec-keys`), so DO=1 queries get RRSIGs and NSEC3 proofs.
+    """
     cfg = _config(recursion)
     zone = ZoneIndex(cfg)
     ManifestSource(REPO / "examples/cluster.yaml", zone).load()
@@ -160,12 +163,19 @@ def _pair(recursion: bool) -> Pair:
     fast = Handler(cfg, zone, QueryStats(), recursor)
     slow = Handler(cfg, zone, QueryStats(), recursor)
     slow.fast_path = False
+    if signed:
+        from dnsd.dnssec import keys
+        from dnsd.dnssec.signer import Signer
+
+        signer = Signer(zone, [keys.generate(apex.name, 15) for apex in zone.apexes])
+        fast.signer = slow.signer = signer
+        return Pair("signed", fast, slow, recursion)
     return Pair("recursion" if recursion else "authoritative", fast, slow, recursion)
 
 
 @pytest.fixture(scope="module")
 def pairs() -> list[Pair]:
-    return [_pair(False), _pair(True)]
+    return [_pair(False), _pair(True), _pair(False, signed=True)]
 
 
 # ---- checking one reply ---------------------------------------------------------------------------------

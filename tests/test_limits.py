@@ -232,6 +232,7 @@ def test_recursion_outstanding_limits_answer_servfail_at_once() -> None:
     with SlowUpstream(delay=1.0) as upstream, DnsdProcess(
         *EXAMPLE_ARGS[:-2], "--recursion", "forward", "--forwarder", f"127.0.0.1:{upstream.port}",
         "--no-dns64", "--recursion-max-per-client", "4", "--recursion-max-outstanding", "6",
+        "--recursion-jostle-timeout", "0",  # never pushed out: the newest is refused (jostling: test_recursor_hostile)
         "--allow-recursion", "127.0.0.0/8", http="127.0.0.1:0",
     ) as proc:
         results: dict[str, list[tuple[int, float]]] = {}

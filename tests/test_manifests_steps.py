@@ -9,6 +9,7 @@ one a single `replace` gives.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -50,27 +51,34 @@ async def test_a_reload_yields_between_steps_and_ends_where_replace_ends(tmp_pat
     source = ManifestSource(path, zone)
     source.load()
     zone.mark_synced()
-    watched = [f"svc{i}.{'ab'[i % 2]}.svc.{ZONE}" for i in range(0, count, count // 50)]
+    watched = {f"svc{i}.{'ab'[i % 2]}.svc.{ZONE}": ipaddress.ip_address(f"fd00:10:96:1::{i:x}").packed
+               for i in range(0, count, count // 50)}
 
     _manifests(path, count, 1, ("a", "b", "y"))  # every address changes, Namespace x goes, y arrives
     parsed = await asyncio.to_thread(source._read)
     serial = zone.serial
     serials: list[int] = []
+    progress: list[int] = []  # how many watched names already carry their new address
     missing: set[str] = set()
 
     async def watch() -> None:  # what a query between two steps would see
         while True:
             serials.append(zone.serial)
+            progress.append(sum(1 for name, new in watched.items() if (zone.rrset(name, AAAA) or (0, ()))[1] == (new,)))
             missing.update(name for name in watched if not zone.exists(name))
             await asyncio.sleep(0)
 
     task = asyncio.ensure_future(watch())
     await asyncio.sleep(0)
     serials.clear()
+    progress.clear()
     assert await source._apply_stepped(parsed)
     task.cancel()
-    # one yield per RESYNC_STEP Services, each after a commit of its own
-    assert len(set(serials)) >= count // RESYNC_STEP, "no yield, or no commit, between steps"
+    # one yield per RESYNC_STEP Services, each after a commit of its own: queries in between see the
+    # reload part done
+    assert len({p for p in progress if 0 < p < len(watched)}) >= count // RESYNC_STEP - 1, progress
+    # the whole reload is one batch: the serial moves once, at its end (one journal entry for IXFR)
+    assert set(serials) == {serial}, "the serial moved between steps"
     assert not missing, "a name that only changed its address vanished during the reload"
 
     expected = _zone()

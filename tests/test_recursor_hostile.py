@@ -662,3 +662,33 @@ async def test_close_with_shared_lookups_running_raises_no_keyerror(net: Network
     await rec.close()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert not any(isinstance(r, KeyError) for r in results), results
+
+
+@pytest.fixture(scope="module")
+def crowded(net: Network, hints: str) -> Iterator[DnsdProcess]:
+    """Few recursion slots in all, and no per-zone limit to speak of: only jostling keeps them moving."""
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                     "--recursion-max-outstanding", "8", "--recursion-max-per-zone", "1000",
+                     http="127.0.0.1:0") as proc:
+        yield proc
+
+
+def test_the_oldest_work_gives_way_when_every_slot_waits_on_a_dead_zone(crowded: DnsdProcess, net: Network) -> None:
+    # the delegations are known, so that the healthy names below need the victim's server alone
+    assert ask(crowded, "prime.fresh.victim").rcode() == dns.rcode.NOERROR
+    assert ask(crowded, "prime.dead").rcode() == dns.rcode.SERVFAIL
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.2", 0))
+    try:
+        for i in range(8):  # every slot now waits on a server that never answers (seconds)
+            flood.sendto(dns.message.make_query(f"j{i}.dead.", "A").to_wire(), (crowded.host, crowded.port))
+        time.sleep(0.5)  # the dead-zone queries are now older than the jostle timeout (0.2 s)
+        for i in range(5):
+            # without jostling, each of these would get SERVFAIL at once: all 8 slots are taken
+            reply = ask(crowded, f"k{i}.fresh.victim", timeout=5.0)
+            assert reply.rcode() == dns.rcode.NOERROR, i
+            assert rdata_texts(reply, "A") == ["192.0.2.9"]
+    finally:
+        flood.close()
+    assert crowded.metric("dnsd_limit_hits_total", limit="recursion_jostled") >= 1
+    assert crowded.metric("dnsd_limit_hits_total", limit="recursion_outstanding") == 0

@@ -95,6 +95,9 @@ The HTTP side listens on the first of listenFamilies (the family kubelet probes 
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "listen" $listen }}
+{{- if .Values.dnssec.existingSecret }}
+{{- $_ := set $cfg "dnssec_keys" "/etc/dnsd/dnssec" }}
+{{- end }}
 {{- if .Values.tsig.existingSecret }}
 {{- $keyFiles := list }}
 {{- range .Values.tsig.files }}

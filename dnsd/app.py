@@ -183,11 +183,14 @@ class App:
                 raise StartupError(f"tsig: {exc}") from None
             # Every process answers transfers from its own index (followers hold the same data, serial
             # and journal); only the watching process sends NOTIFY, so secondaries get it once.
-            # Transfers carry the Internet's view (the publication policy).
-            self.handler.transfers = xfr.Transfers(config, self.internet, keys)
+            # Transfers carry the Internet's view (the publication policy), except when signing: the
+            # signer's records (DNSKEY, RRSIG, NSEC3) live in the cluster's index, which is then what
+            # transfers carry until the signer signs the Internet's view too (not built yet).
+            xfr_zone = self.zone if config.dnssec_keys else self.internet
+            self.handler.transfers = xfr.Transfers(config, xfr_zone, keys)
             self.handler.transfers.signer = self.handler.signer
             if config.notify and self.link is None:
-                self.notifier = xfr.Notifier(config, self.internet, keys)
+                self.notifier = xfr.Notifier(config, xfr_zone, keys)
         if config.workers > 1 and self.link is None:
             self.pool = WorkerPool(config, self.zone, self.stats)  # before the source: it sees every change
         await self._start_source()

@@ -24,6 +24,7 @@ from dnsd.http import HttpServer
 from dnsd.kube.manifests import ManifestSource
 from dnsd.metrics import QueryStats, register_query_stats
 from dnsd.transport import Listeners
+from dnsd.views import InternetView
 from dnsd.workers import WorkerPool, follow
 from dnsd.zone import ZoneIndex
 
@@ -44,6 +45,7 @@ class App:
         self.link = link  # set in a --workers follower: its zone is fed by the watching process
         self.pool: WorkerPool | None = None
         self.zone = ZoneIndex(config)
+        self.internet = InternetView(config, self.zone)  # what clients outside --allow-recursion see
         self.stats = QueryStats()
         self.recursor: Any = None
         self.handler: Handler | None = None
@@ -70,6 +72,10 @@ class App:
         metrics.ZONE_SERIAL.set(self.zone.serial)
         metrics.ZONE_RECORDS.set(self.zone.record_count)
         metrics.ZONE_SERVICES.set(len(self.zone.services))
+        for view, index in (("cluster", self.zone), ("internet", self.internet)):
+            services, hostnames = index.published_names()
+            metrics.ZONE_NAMES.labels(source="service", view=view).set(services)
+            metrics.ZONE_NAMES.labels(source="annotation", view=view).set(hostnames)
         metrics.SOURCE_SYNCED.set(1 if self.zone.synced else 0)
         if self.handler is not None:
             metrics.CACHE_ENTRIES.labels(cache="answers").set(self.handler.cached_responses)
@@ -164,7 +170,7 @@ class App:
         config = self.config
         register_query_stats(self.stats)
         recursor = await self._make_recursor()
-        self.handler = Handler(config, self.zone, self.stats, recursor)
+        self.handler = Handler(config, self.zone, self.stats, recursor, self.internet)
         if config.dnssec_keys:
             signer = self.handler.signer = self._make_signer()
             signer.on_resign = self.handler.invalidate
@@ -177,10 +183,14 @@ class App:
                 raise StartupError(f"tsig: {exc}") from None
             # Every process answers transfers from its own index (followers hold the same data, serial
             # and journal); only the watching process sends NOTIFY, so secondaries get it once.
-            self.handler.transfers = xfr.Transfers(config, self.zone, keys)
+            # Transfers carry the Internet's view (the publication policy), except when signing: the
+            # signer's records (DNSKEY, RRSIG, NSEC3) live in the cluster's index, which is then what
+            # transfers carry until the signer signs the Internet's view too (not built yet).
+            xfr_zone = self.zone if config.dnssec_keys else self.internet
+            self.handler.transfers = xfr.Transfers(config, xfr_zone, keys)
             self.handler.transfers.signer = self.handler.signer
             if config.notify and self.link is None:
-                self.notifier = xfr.Notifier(config, self.zone, keys)
+                self.notifier = xfr.Notifier(config, xfr_zone, keys)
         if config.workers > 1 and self.link is None:
             self.pool = WorkerPool(config, self.zone, self.stats)  # before the source: it sees every change
         await self._start_source()

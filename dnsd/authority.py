@@ -1,6 +1,6 @@
 """Authoritative answers from the zone index: pure, synchronous, no I/O.
 
-`answer()` implements RFC 1034 4.3.2 for zones without delegations or wildcards: exact match, CNAME
+`answer()` implements RFC 1034 4.3.2 for zones without delegations, with RFC 4592 wildcards: exact match, CNAME
 (chased while it stays inside dnsd's zones, at most `MAX_CNAME_CHAIN` links), NODATA and NXDOMAIN
 with the SOA in the authority section at TTL min(SOA TTL, SOA minimum) (RFC 2308 3), empty
 non-terminals as NODATA (RFC 8020), RFC 8482 minimal answers to ANY, SRV targets and NS glue in the
@@ -63,38 +63,48 @@ def _answer(zone: ZoneIndex, qname: str, qtype: int) -> Answer | None:
 
     name = qname
     current_apex = apex
+    volatile = False
     for _ in range(MAX_CNAME_CHAIN + 1):
+        source = name  # where the records come from: the name itself, or its source of synthesis
         if not zone.exists(name):
-            response.rcode = NXDOMAIN  # for the last name of a CNAME chain too (RFC 6604 2.1)
-            _add_soa(zone, current_apex, response)
-            return Answer(response, names, True, apex)
+            wildcard = source_of_synthesis(zone, name, current_apex)
+            if wildcard is None:
+                response.rcode = NXDOMAIN  # for the last name of a CNAME chain too (RFC 6604 2.1)
+                _add_soa(zone, current_apex, response)
+                return Answer(response, names, True, apex)
+            # RFC 4592 3.3.1: synthesized with the query name as owner. Which names exist between
+            # the closest encloser and the query name decides the answer: volatile, so any change
+            # to the zone drops it from the fast path.
+            source = wildcard
+            volatile = True
+            names.add(wildcard)
         if qtype != CNAME and qtype != ANY:
-            cname = zone.rrset(name, CNAME)
+            cname = zone.rrset(source, CNAME)
             if cname is not None:
                 ttl, (target,) = cname[0], cname[1][:1]
                 response.answer.append((name, CNAME, ttl, target))
                 next_apex = zone.find_apex(str(target))
                 if next_apex is None:
-                    return Answer(response, names, False, apex)  # leaves our zones: the client follows
+                    return Answer(response, names, volatile, apex)  # leaves our zones: the client follows
                 name = str(target)
                 current_apex = next_apex
                 names.add(name)
                 continue
         if name == current_apex.name and qtype == SOA:
             soa_ttl = zone.config.ttl
-            response.answer.append((name, SOA, soa_ttl, zone.soa_rdata()))
+            response.answer.append((name, SOA, soa_ttl, zone.soa_rdata(current_apex)))
             return Answer(response, names, True, apex)
         types = [qtype]
         if qtype == ANY:
-            present = zone.types_at(name)
+            present = zone.types_at(source)
             preferred = [t for t in _ANY_PREFERENCE if t in present]
             types = preferred[:1] or present[:1]
             if name == current_apex.name and not types:
-                response.answer.append((name, SOA, zone.config.ttl, zone.soa_rdata()))
+                response.answer.append((name, SOA, zone.config.ttl, zone.soa_rdata(current_apex)))
                 return Answer(response, names, True, apex)
         found = False
         for rtype in types:
-            rrset = zone.rrset(name, rtype)
+            rrset = zone.rrset(source, rtype)
             if rrset is None:
                 continue
             found = True
@@ -104,13 +114,30 @@ def _answer(zone: ZoneIndex, qname: str, qtype: int) -> Answer | None:
         if not found:
             _add_soa(zone, current_apex, response)
             return Answer(response, names, True, apex)
-        return Answer(response, names, False, apex)
-    return Answer(response, names, False, apex)  # chain too long: what we have, the client follows
+        return Answer(response, names, volatile, apex)
+    return Answer(response, names, volatile, apex)  # chain too long: what we have, the client follows
+
+
+def source_of_synthesis(zone: ZoneIndex, qname: str, apex: ZoneApex) -> str | None:
+    """RFC 4592 3.3.1: `*.<closest encloser>` when it exists, for a qname that does not exist.
+
+    The closest encloser is the longest existing ancestor of qname (empty non-terminals exist, so
+    a wildcard never matches below a name that exists, 2.2.1); the apex always exists.
+    """
+    labels = qname.split(".")
+    for i in range(1, len(labels)):
+        ancestor = ".".join(labels[i:])
+        if ancestor == apex.name or zone.exists(ancestor):
+            wildcard = "*." + ancestor
+            return wildcard if zone.exists(wildcard) else None
+        if len(ancestor) <= len(apex.name):
+            break
+    return None
 
 
 def _add_soa(zone: ZoneIndex, apex: ZoneApex, response: Response) -> None:
     """RFC 2308 3: the SOA of the zone in the authority section, TTL = min(SOA TTL, SOA minimum)."""
-    soa = zone.soa_rdata()
+    soa = zone.soa_rdata(apex)
     response.authority.append((apex.name, SOA, min(zone.config.ttl, soa[6]), soa))
 
 

@@ -72,7 +72,7 @@ class NotifyTarget:
 class Config:
     """Everything dnsd needs to run; names are the YAML keys of the contract."""
 
-    zone: str
+    zone: str  # the first --zone: the cluster domain lies in it
     cluster_domain: str
     listen: tuple[Endpoint, ...] = (Endpoint("::", 53),)
     source: str = "kubernetes"
@@ -122,7 +122,16 @@ class Config:
     # Signing (ARCHITECTURE.md "Contract: DNSSEC for the zones").
     dnssec_keys: str | None = None
     dnssec_denial: str = "nsec3"
+    # The publication policy (ARCHITECTURE.md "Contract: what the Internet sees").
+    publish_networks: tuple[IPNetwork, ...] = ()
+    # Every --zone, the first being `zone` (set by `from_mapping`; empty means just `zone`).
+    zones: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_zones(self) -> tuple[str, ...]:
+        """Every forward zone dnsd is authoritative for, the cluster's first."""
+        return self.zones or (self.zone,)
 
     @property
     def source_path(self) -> Path | None:
@@ -385,7 +394,8 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("zone", parse_domain, "the delegated zone, e.g. c2.k8s.ooo (required)", metavar="NAME"),
+    Option("zone", parse_domain, "a delegated zone, e.g. c2.k8s.ooo (required; repeatable, the cluster "
+           "domain lies in the first)", repeat=True, metavar="NAME"),
     Option("cluster_domain", parse_domain, "where service names hang (default: the zone)", metavar="NAME"),
     Option("listen", parse_endpoint, "UDP and TCP listener (default [::]:53)", repeat=True,
            metavar="ADDR:PORT"),
@@ -406,6 +416,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="FILE"),
     Option("allow_recursion", parse_network,
            "clients that may recurse (default loopback, RFC 1918, fc00::/7)", repeat=True, metavar="CIDR"),
+    Option("publish_networks", parse_network,
+           "addresses clients outside --allow-recursion receive (default: all but private-use ones)",
+           repeat=True, metavar="CIDR"),
     Option("dns64_prefix", parse_dns64_prefix, "NAT64 prefix (default 64:ff9b::/96)", metavar="PREFIX"),
     Option("no_dns64", parse_bool, "turn DNS64 synthesis off", flag_only_bool=True),
     Option("http", parse_http, "metrics and health endpoints (default [::]:8080; 'off' disables)",
@@ -482,6 +495,13 @@ _BY_KEY = {opt.key: opt for opt in OPTIONS}
 
 DEFAULT_ALLOW_RECURSION = (
     "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",
+)
+
+#: What the Internet does not receive unless --publish-networks says otherwise: private-use,
+#: shared (RFC 6598), loopback, link-local and unique-local addresses.
+DEFAULT_UNPUBLISHED = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10", "::1/128",
 )
 
 
@@ -570,11 +590,17 @@ def from_mapping(raw: dict[str, Any]) -> Config:
                 values[key] = opt.parse(value)
         except ValueError as exc:
             raise ConfigError(key, str(exc)) from None
-    if "zone" not in values:
+    if not values.get("zone"):
         raise ConfigError("zone", "required (for example --zone c2.k8s.ooo)")
-    zone: str = values["zone"]
+    zones: tuple[str, ...] = tuple(dict.fromkeys(values["zone"]))
+    for other in zones:
+        for inner in zones:
+            if inner != other and inner.endswith("." + other):
+                raise ConfigError("zone", f"{inner} lies inside {other}: give one of them")
+    zone = values["zone"] = zones[0]
+    values["zones"] = zones
     cluster_domain = values.setdefault("cluster_domain", zone)
-    if cluster_domain != zone and not cluster_domain.endswith("." + zone):
+    if not any(cluster_domain == z or cluster_domain.endswith("." + z) for z in zones):
         raise ConfigError("cluster_domain", f"{cluster_domain} is not inside the zone {zone}")
     if not values.get("listen"):
         values.pop("listen", None)
@@ -585,6 +611,6 @@ def from_mapping(raw: dict[str, Any]) -> Config:
     if values.get("recursion") == "forward" and not values.get("forwarder"):
         raise ConfigError("forwarder", "recursion 'forward' needs at least one forwarder")
     for ns in values["nameserver"]:
-        if ns.addresses and not (ns.name == zone or ns.name.endswith("." + zone)):
-            raise ConfigError("nameserver", f"glue given for {ns.name}, which is outside the zone")
+        if ns.addresses and not any(ns.name == z or ns.name.endswith("." + z) for z in zones):
+            raise ConfigError("nameserver", f"glue given for {ns.name}, which is outside the zones")
     return Config(**values)

@@ -372,9 +372,12 @@ class Handler:
     signer: Signer | None = None  # --dnssec-keys: DO=1 zone answers carry RRSIGs and NSEC3
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
-                 recursor: Recursor | None = None) -> None:
+                 recursor: Recursor | None = None, internet: ZoneIndex | None = None) -> None:
         self.config = config
         self.zone = zone
+        # The Internet's view (`dnsd.views`): clients outside --allow-recursion are answered from it.
+        # The access class is part of the fast-path key, so both views' answers are stored side by side.
+        self.internet = zone if internet is None else internet
         self.stats = stats
         self.recursor = recursor if config.recursion != "off" else None
         self.acl = Acl(config.allow_recursion)
@@ -401,6 +404,8 @@ class Handler:
             if config.rrl_responses_per_second else None
         )
         zone.subscribe(self.invalidate)
+        if self.internet is not zone:
+            self.internet.subscribe(self.invalidate)
 
     # ---- cache ----------------------------------------------------------------------------------
 
@@ -621,7 +626,8 @@ class Handler:
         if end > 254:
             return None
         name_wire = key[: end + 1]
-        zone = self.zone
+        # the view of the key's access class (the publication policy): the Internet's for the rest
+        zone = self.zone if tail[4] & _FLAG_RECURSE else self.internet
         apex, apex_at = zone.apex_of_wire(name_wire)
         at = labels = 0
         boundary = apex_at == 0
@@ -701,7 +707,7 @@ class Handler:
             self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone, query.qname, query.qtype,
+            result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype,
                                      self.signer if query.edns_do else None)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
@@ -758,7 +764,8 @@ class Handler:
             if template is not None:
                 self._templates[verdict] = template
             return
-        if result is None or not self.zone.existence(query.qname)[1]:
+        view = self.zone if key[-1] & _FLAG_RECURSE else self.internet
+        if result is None or not view.existence(query.qname)[1]:
             return
         self._store(key, reply, result, query.qtype, rcode, source)
 

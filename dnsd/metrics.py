@@ -227,6 +227,11 @@ def register_signer(signer: Any, registry: CollectorRegistry = REGISTRY) -> None
 ZONE_SERIAL = Gauge("dnsd_zone_serial", "SOA serial of the served zone")
 ZONE_RECORDS = Gauge("dnsd_zone_records", "RRsets currently served from the zone")
 ZONE_SERVICES = Gauge("dnsd_zone_services", "Services currently known to the zone index")
+ZONE_NAMES = Gauge("dnsd_zone_names", "Names published from cluster objects, by source kind and view "
+                   "(cluster: --allow-recursion clients; internet: everyone else)", ["source", "view"])
+OBJECTS_SKIPPED = Counter("dnsd_objects_skipped_total",
+                          "Names from cluster objects not served, by reason (invalid_hostname, outside_zones)",
+                          ["reason"])
 
 # ---- sources (manifests file, Kubernetes informer) --------------------------------------------
 SOURCE_EVENTS = Counter(

@@ -384,7 +384,7 @@ class Transfers:
         yield current
 
     def _soa(self, apex: ZoneApex, serial: int) -> XfrRR:
-        mname, rname, _, refresh, retry, expire, minimum = self.zone.soa_rdata()
+        mname, rname, _, refresh, retry, expire, minimum = self.zone.soa_rdata(apex)
         return apex.name, SOA, self.zone.config.ttl, (mname, rname, serial, refresh, retry, expire, minimum)
 
     def _pack(self, request: _Request, records: Iterable[XfrRR]) -> Iterator[tuple[bytes, int]]:
@@ -605,7 +605,7 @@ class Notifier:
     def _notify_message(self, ident: int, apex: ZoneApex, serial: int) -> bytes:
         writer = _Packer(b"\x00" * 12 + wire.text_to_wire(apex.name) + struct.pack("!HH", SOA, wire.CLASS_IN),
                          apex.name)
-        mname, rname, _, refresh, retry, expire, minimum = self.zone.soa_rdata()
+        mname, rname, _, refresh, retry, expire, minimum = self.zone.soa_rdata(apex)
         writer.rr((apex.name, SOA, self.zone.config.ttl, (mname, rname, serial, refresh, retry, expire, minimum)))
         struct.pack_into("!HHHHHH", writer.buf, 0, ident, (OPCODE_NOTIFY << 11) | wire.AA, 1, 1, 0, 0)
         return bytes(writer.buf)

@@ -69,6 +69,7 @@ from typing import Any, TypeVar, Union
 
 from dnsd.config import Config
 from dnsd.kube.model import ServiceRecord, SliceRecord
+from dnsd.metrics import OBJECTS_SKIPPED
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,8 @@ class ZoneIndex:
         self.apex = config.zone
         self.cluster_domain = config.cluster_domain
         self.apexes: tuple[ZoneApex, ...] = (
-            ZoneApex(config.zone), *(ZoneApex(reverse_apex(net), net) for net in config.reverse_zone)
+            *(ZoneApex(name) for name in config.all_zones),
+            *(ZoneApex(reverse_apex(net), net) for net in config.reverse_zone),
         )
         self._apex_names = {z.name for z in self.apexes}
         self.synced = False
@@ -262,6 +264,7 @@ class ZoneIndex:
         self._names: dict[str, dict[int, Shared]] = {}
         #: Wildcard owners and delegation points, for `existence`: none today (see there).
         self._cuts: frozenset[str] = frozenset()
+        self._wildcards: dict[str, int] = {}  # parent of a `*.` name -> how many count it (see _cuts)
         #: First label (wire octets) of every existing name -> how many entries of _present/_below have
         #: it: a name whose first label is not here does not exist, whatever follows (`first_label_known`).
         self._first_labels: dict[bytes, int] = {}
@@ -273,7 +276,7 @@ class ZoneIndex:
         self._contributions: dict[Owner, Flat] = {}
         self._subscribers: list[Callable[[set[str]], None]] = []
         self._journal: list[Op] | None = None  # operations since the last commit, when publishing
-        self._publish: Callable[[list[Op], int], None] | None = None
+        self._publishers: list[Callable[[list[Op], int], None]] = []
         # ---- serial, IXFR journal, transfer snapshots (see the module docstring) ----
         self.serial = 1
         self._version: int | None = None  # the source's newest version of the data (resourceVersion, mtime)
@@ -347,6 +350,16 @@ class ZoneIndex:
         return label in self._first_labels or bool(self._cuts)
 
     def _count_first_label(self, name: str, delta: int) -> None:
+        if name.startswith("*."):
+            # An RFC 4592 wildcard (ExternalDNS hostnames): its parent becomes a cut, so that no
+            # negative template answers a name it may synthesize (the slow path decides there).
+            parent = name[2:]
+            count = self._wildcards.get(parent, 0) + delta
+            if count:
+                self._wildcards[parent] = count
+            else:
+                self._wildcards.pop(parent, None)
+            self._cuts = frozenset(self._wildcards)
         label = name.split(".", 1)[0].encode()
         count = self._first_labels.get(label, 0) + delta
         if count:
@@ -391,10 +404,25 @@ class ZoneIndex:
         """The RR types present at a name, in ascending order."""
         return sorted(self._names.get(name, {}))
 
-    def soa_rdata(self) -> tuple[str, str, int, int, int, int, int]:
-        """mname, rname, serial, refresh, retry, expire, minimum."""
+    def soa_rdata(self, apex: ZoneApex | None = None) -> tuple[str, str, int, int, int, int, int]:
+        """mname, rname, serial, refresh, retry, expire, minimum (of `apex`; default the first zone).
+
+        Each forward zone's rname is its own hostmaster; reverse zones keep the first zone's.
+        """
         mname = self.config.nameserver[0].name if self.config.nameserver else f"ns1.{self.apex}"
-        return (mname, f"hostmaster.{self.apex}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
+        owner = self.apex if apex is None or apex.reverse_network is not None else apex.name
+        return (mname, f"hostmaster.{owner}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
+
+    def published_names(self) -> tuple[int, int]:
+        """(Service names, annotated hostnames) that exist in this index (for the names metric)."""
+        exists = self.exists
+        domain = self.cluster_domain
+        services = hostnames = 0
+        for service in self.services.values():
+            if exists(f"{service.name}.{service.namespace}.svc.{domain}"):
+                services += 1
+                hostnames += sum(1 for h in service.hostnames if exists(h))
+        return services, hostnames
 
     @property
     def record_count(self) -> int:
@@ -486,10 +514,12 @@ class ZoneIndex:
         """From now on, hand every committed batch of changes and the new serial to `publish`.
 
         The watching process of `--workers` uses it to feed the others, which `follow` the same
-        operations, so that every worker holds the same data under the same serial.
+        operations, so that every worker holds the same data under the same serial; the Internet's
+        view (`dnsd.views`) follows every process's cluster index the same way. A follower passes on
+        the batches it follows.
         """
         self._journal = []
-        self._publish = publish
+        self._publishers.append(publish)
 
     def snapshot(self) -> list[Op]:
         """Operations that rebuild the current state from nothing (for a worker that starts late)."""
@@ -525,6 +555,10 @@ class ZoneIndex:
             self._dirty = True
         if serial != self.serial:
             self._move_serial(serial, journal=was_synced)
+        if self._journal is not None:
+            self._journal = []  # what we applied is passed on as received, not as re-recorded
+            for publish in self._publishers:
+                publish(ops, serial)
         self._notify(changed)  # always: the serial (in every SOA-bearing answer) may have moved
 
     def _record(self, op: Op) -> None:
@@ -539,8 +573,11 @@ class ZoneIndex:
         new_namespaces = set(namespaces)
         affected: set[tuple[str, str]] = set()
         for key in self.services.keys() | new_services.keys():
-            if self.services.get(key) != new_services.get(key):
+            new_service = new_services.get(key)
+            if self.services.get(key) != new_service:
                 affected.add(key)
+                if new_service is not None:
+                    self._warn_outside(new_service)
         for key in self.slices.keys() | new_slices.keys():
             old, new = self.slices.get(key), new_slices.get(key)
             if old != new:
@@ -686,13 +723,27 @@ class ZoneIndex:
 
     # ---- internals ------------------------------------------------------------------------------
 
+    #: Whether this index warns of annotated hostnames outside every zone (the Internet's view does not:
+    #: it follows the cluster index, which already did).
+    warns = True
+
     def _put_service(self, record: ServiceRecord, changed: set[str]) -> bool:
         if self.services.get(record.key) == record:
             return False
+        self._warn_outside(record)
         self._record(("put_service", record))
         self.services[record.key] = record
         self._refresh(record.key, changed)
         return True
+
+    def _warn_outside(self, record: ServiceRecord) -> None:
+        """One warning per new version of a Service whose annotated hostnames lie outside every zone."""
+        if self.warns and record.hostnames:
+            outside = [h for h in record.hostnames if self.find_apex(h) is None]
+            if outside:
+                OBJECTS_SKIPPED.labels(reason="outside_zones").inc(len(outside))
+                logger.warning("Service %s/%s: hostname %s outside every zone; skipped", record.namespace,
+                               record.name, ", ".join(outside))
 
     def _delete_service(self, key: tuple[str, str], changed: set[str]) -> bool:
         if self.services.pop(key, None) is None:
@@ -757,8 +808,8 @@ class ZoneIndex:
             # A moved serial is published even without operations: the last step of a stepped
             # relist or reload may have gone out already, and followers must take the serial too.
             ops, self._journal = self._journal, []
-            if self._publish is not None:
-                self._publish(ops, self.serial)
+            for publish in self._publishers:
+                publish(ops, self.serial)
         if changed or force or self.serial != serial_before:
             self._notify(changed)  # a moved serial alone changes every SOA-bearing answer
 
@@ -930,7 +981,8 @@ class ZoneIndex:
         if service is None or not service.expose:
             return {}
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
-        return records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+        records = records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
+        return add_hostnames(records, service, self.cluster_domain, self._in_served_zone)
 
 
 def _rr_order(record: XfrRR) -> tuple[str, int, str]:
@@ -1044,4 +1096,27 @@ def records_for_service(
                 add_ptr(address, target)
                 for port in slice_record.ports:
                     add(f"_{port.name}._{port.protocol}.{base}", SRV, (0, 100, port.port, target))
+    return records
+
+
+def add_hostnames(records: Records, service: ServiceRecord, cluster_domain: str,
+                  in_zone: Callable[[str], bool]) -> Records:
+    """The Service's own name's A/AAAA (or CNAME) also under its annotated hostnames inside the zones.
+
+    Built from the finished records, so a view that withheld the addresses withholds these too.
+    """
+    if not service.hostnames:
+        return records
+    base = records.get(f"{service.name}.{service.namespace}.svc.{cluster_domain}")
+    if not base:
+        return records
+    copied = {rtype: rrset for rtype, rrset in base.items() if rtype in (A, AAAA, CNAME)}
+    if not copied:
+        return records
+    for hostname in service.hostnames:
+        if in_zone(hostname):
+            types = records.setdefault(hostname, {})
+            for rtype, rrset in copied.items():
+                if rtype not in types:
+                    types[rtype] = rrset
     return records

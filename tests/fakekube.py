@@ -525,11 +525,12 @@ class FakeKube:
 
         try:
             timeout = float(query.get("timeoutSeconds") or 1800)
+            if stall:  # headers are out; silence (no events, no bookmarks, no end: a server gone behind a
+                # partition does not honour timeoutSeconds) until the fault is cleared
+                await released.wait()
+                if request.transport is None or request.transport.is_closing():
+                    return response
             async with asyncio.timeout(timeout):
-                if stall:  # headers are out; silence (no events, no bookmarks) until the fault is cleared
-                    await released.wait()
-                    if request.transport is None or request.transport.is_closing():
-                        return response
                 last = since
                 if since and since < self.compacted_rv:
                     await send_status(

@@ -181,7 +181,10 @@ def test_rendered_objects_match_kubernetes_schemas(helm: str, values: Path | Non
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         assert len(obj["metadata"]["name"]) <= 63, where
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm", where
-        if obj["kind"] not in CLUSTER_SCOPED:
+        if obj["kind"] in ("Role", "RoleBinding"):  # one per config.namespaces entry, in that namespace
+            namespaces = (yaml.safe_load(values.read_text()) if values else {}).get("config", {}).get("namespaces")
+            assert obj["metadata"]["namespace"] in namespaces, where
+        elif obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"] == NAMESPACE, where
         if obj["kind"] in CRD_KINDS:
             continue
@@ -251,6 +254,35 @@ def test_schema_rejects_wrong_values(helm: str, tmp_path: Path, values: dict[str
     assert result.returncode != 0, f"accepted {values}"
     assert "schema" in result.stderr
     assert message in result.stderr
+
+
+def test_external_traffic_policy_cluster_is_refused_for_a_public_service(helm: str, tmp_path: Path) -> None:
+    """Views and recursion follow the client's source address, which Cluster replaces with a node's."""
+    for service_type in ("LoadBalancer", "NodePort"):
+        path = write_values(tmp_path, {"service": {"type": service_type, "externalTrafficPolicy": "Cluster"}})
+        result = run_helm(helm, "template", "dnsd", str(CHART), "--values", str(path))
+        assert result.returncode != 0
+        assert "externalTrafficPolicy: Cluster is refused" in result.stderr and "Use Local" in result.stderr
+    path = write_values(tmp_path, {"service": {"type": "ClusterIP", "externalTrafficPolicy": "Cluster"}})
+    assert run_helm(helm, "template", "dnsd", str(CHART), "--values", str(path)).returncode == 0
+    rendered = render(helm, None, "config.publish_networks[0]=2001:db8::/32")
+    config = yaml.safe_load(only(rendered, "ConfigMap")["data"]["dnsd.yaml"])
+    assert config["publish_networks"] == ["2001:db8::/32"]
+
+
+def test_namespaces_get_a_role_and_binding_each_instead_of_a_cluster_role(helm: str) -> None:
+    objects = render(helm, None, "config.namespaces={shop,web}")
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
+    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"shop", "web"}
+    default_rules = only(render(helm), "ClusterRole")["rules"]
+    for namespace in ("shop", "web"):
+        assert roles[namespace]["rules"] == default_rules
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": roles[namespace]["metadata"]["name"]}
+        assert binding["subjects"][0]["namespace"] == NAMESPACE
 
 
 def test_lint_rejects_wrong_values(helm: str, tmp_path: Path) -> None:

@@ -211,6 +211,31 @@ async def test_stalls_that_never_end_are_abandoned_by_the_informer_timeouts(
     assert any("list failed: no data from the API server in time" in m for m in messages), messages
 
 
+async def test_a_watch_silent_after_its_headers_is_noticed_within_its_timeout_plus_grace(
+    fake: FakeKube, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """inactivity_timeout is long here (60 s): only the watch's own timeoutSeconds plus the grace end it.
+
+    The stalled watch never sends a line after its headers and is never released by the server.
+    """
+    settings = dataclasses.replace(INFORMER_FAST, watch_timeout=1.0, watch_grace=1.0, inactivity_timeout=60.0,
+                                   backoff_max=0.2)
+    fake.put(service("default", "svc0", ["fd00:10:96::1"]))
+    with caplog.at_level(logging.DEBUG, logger="dnsd"):
+        async with source(fake, tmp_path, settings) as zone:
+            await eventually(lambda: zone.synced)
+            await fake.wait_watching(2)
+            fake.inject(resource="services", verb="watch", mode="stall", times=1)
+            fake.end_watches()
+            await asyncio.sleep(0.1)  # the re-watch is now open and silent
+            fake.put(service("default", "after-silence", ["fd00:10:96::61"]))
+            # timeoutSeconds is 1-2 s, the grace 1 s: well within 15 s, far below the 60 s inactivity limit
+            await eventually(lambda: aaaa(zone, name("after-silence")) == {"fd00:10:96::61"}, timeout=15)
+    assert fake.faults == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("watch failed: no data from the API server in time" in m for m in messages), messages
+
+
 # ---- the forwarding upstream misbehaving -----------------------------------------------------------------------
 
 

@@ -1110,3 +1110,23 @@ def _parse_without_tsig(reply: bytes) -> None:
     body = bytearray(reply[: found.start])
     struct.pack_into("!H", body, 10, struct.unpack_from("!H", body, 10)[0] - 1)
     dns.message.from_wire(bytes(body), continue_on_error=True)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostnames=st.one_of(st.text(max_size=300), st.integers(), st.none(), st.lists(st.text(max_size=20))),
+       ttl=st.one_of(st.text(max_size=30), st.integers(), st.floats(), st.none()))
+def test_hostname_and_ttl_annotations_never_raise_but_invalid_object(hostnames: Any, ttl: Any) -> None:
+    """ExternalDNS annotations are untrusted input: a Service with any of them is served or skipped
+    with InvalidObject, never a traceback, and what it keeps is valid names and TTLs only."""
+    from dnsd.kube.model import InvalidObject, service_from_api, valid_hostname
+
+    annotations = {"external-dns.kubernetes.io/hostname": hostnames, "external-dns.kubernetes.io/ttl": ttl}
+    obj = {"metadata": {"name": "web", "namespace": "shop", "annotations": annotations},
+           "spec": {"clusterIPs": ["2001:db8::1"]}}
+    try:
+        record = service_from_api(obj)
+    except InvalidObject:
+        return
+    assert record.ttl is None or 0 <= record.ttl <= 2**31 - 1
+    for name in record.hostnames:
+        assert valid_hostname(name) == name and len(name) <= 253

@@ -124,3 +124,23 @@ The HTTP side listens on the first of listenFamilies (the family kubelet probes 
 {{- define "dnsd.hostPort53" -}}
 {{- if contains ":" . }}{{ printf "[%s]:53" . }}{{ else }}{{ printf "%s:53" . }}{{ end }}
 {{- end }}
+
+{{/* The read-only rules dnsd needs: Services and EndpointSlices (a ClusterRole, or a Role per namespace). */}}
+{{- define "dnsd.rbacRules" -}}
+- apiGroups:
+    - ""
+  resources:
+    - services
+  verbs:
+    - get
+    - list
+    - watch
+- apiGroups:
+    - discovery.k8s.io
+  resources:
+    - endpointslices
+  verbs:
+    - get
+    - list
+    - watch
+{{- end }}

@@ -80,6 +80,10 @@ class InformerSettings:
     #: partition leaves the TCP connection open). Bookmarks arrive about once a minute on a real API
     #: server, and the server itself ends the watch after at most 2 x watch_timeout.
     inactivity_timeout: float = 660.0
+    #: The server ends a watch after its `timeoutSeconds`; one still open (or silent) this much later
+    #: is dead, whatever inactivity_timeout says: a silent watch is noticed within its own timeout
+    #: plus this grace, not only after inactivity_timeout.
+    watch_grace: float = 30.0
     #: One LIST page must arrive within this many seconds.
     list_timeout: float = 60.0
     #: TCP/TLS connect limit, so that an unreachable server is noticed quickly.
@@ -435,50 +439,59 @@ class _Informer:
         """Watch from `resource_version` until the server ends the stream; returns #events + bookmarks."""
         s = self._settings
         timeout_seconds = max(1, int(s.watch_timeout * (1.0 + random.random())))
+        lifetime = timeout_seconds + s.watch_grace
         response = await self._open(
             watch=True,
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout_seconds,
-            _request_timeout=self._timeout(s.inactivity_timeout),
+            _request_timeout=self._timeout(min(s.inactivity_timeout, lifetime)),
         )
         self._recovered()  # connected; the backoff resets only once the stream proves healthy
         received = 0
         try:
             content = response.content
-            while True:
-                line = await content.readline()
-                if not line:
-                    return received  # the server ended the watch (timeoutSeconds)
-                if line.isspace():
-                    continue
-                event = json.loads(line)
-                if not isinstance(event, dict):
-                    raise ValueError("watch event is not a JSON object")
-                etype = event.get("type")
-                obj = event.get("object")
-                if etype == "ERROR":
-                    code = obj.get("code") if isinstance(obj, dict) else None
-                    message = str(obj.get("message") or "") if isinstance(obj, dict) else ""
-                    if code == 410:
-                        raise _Gone(message or "410 Gone")
-                    raise _ApiError(code if isinstance(code, int) else 500, message or "ERROR event")
-                rv = _resource_version(obj)
-                if received == 0:
-                    self._failures = 0  # the stream works: the next failure starts a fresh backoff
-                if etype == "BOOKMARK":
-                    if rv is not None:
-                        self.resource_version = rv
-                    received += 1
-                    continue
-                if not isinstance(obj, dict):
-                    continue
-                self._apply(str(etype), obj)
-                received += 1
-                if rv is not None:
-                    self.resource_version = rv
+            # One timer for the whole stream (not one per line: events are the hot part of the informer).
+            async with asyncio.timeout(lifetime):
+                received = await self._read_events(content)
+            return received
         finally:
             response.close()  # never reuse a watch connection: it may hold unread stream data
+
+    async def _read_events(self, content: aiohttp.StreamReader) -> int:
+        """Apply watch events until the server ends the stream; returns #events + bookmarks."""
+        received = 0
+        while True:
+            line = await content.readline()
+            if not line:
+                return received  # the server ended the watch (timeoutSeconds)
+            if line.isspace():
+                continue
+            event = json.loads(line)
+            if not isinstance(event, dict):
+                raise ValueError("watch event is not a JSON object")
+            etype = event.get("type")
+            obj = event.get("object")
+            if etype == "ERROR":
+                code = obj.get("code") if isinstance(obj, dict) else None
+                message = str(obj.get("message") or "") if isinstance(obj, dict) else ""
+                if code == 410:
+                    raise _Gone(message or "410 Gone")
+                raise _ApiError(code if isinstance(code, int) else 500, message or "ERROR event")
+            rv = _resource_version(obj)
+            if received == 0:
+                self._failures = 0  # the stream works: the next failure starts a fresh backoff
+            if etype == "BOOKMARK":
+                if rv is not None:
+                    self.resource_version = rv
+                received += 1
+                continue
+            if not isinstance(obj, dict):
+                continue
+            self._apply(str(etype), obj)
+            received += 1
+            if rv is not None:
+                self.resource_version = rv
 
     def _apply(self, etype: str, obj: dict[str, Any]) -> None:
         """One watch event into the zone: cost proportional to the one object."""

@@ -19,11 +19,17 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from dnsd.metrics import OBJECTS_SKIPPED
+
 logger = logging.getLogger(__name__)
 
 EXPOSE_ANNOTATION = "dnsd.k8s.ooo/expose"
 TTL_ANNOTATION = "dnsd.k8s.ooo/ttl"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: ExternalDNS's annotations (ARCHITECTURE.md "Contract: more names"): the GA prefix wins over the alpha one.
+HOSTNAME_ANNOTATIONS = ("external-dns.kubernetes.io/hostname", "external-dns.alpha.kubernetes.io/hostname")
+EXTERNAL_TTL_ANNOTATIONS = ("external-dns.kubernetes.io/ttl", "external-dns.alpha.kubernetes.io/ttl")
+_DURATION = re.compile(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -56,6 +62,8 @@ class ServiceRecord:
     publish_not_ready: bool
     expose: bool
     ttl: int | None
+    #: Extra names from the ExternalDNS hostname annotation (validated, lower case, `*.` allowed).
+    hostnames: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -176,14 +184,15 @@ def service_from_api(obj: dict[str, Any]) -> ServiceRecord:
             logger.warning("%s: annotation %s=%r is not true/false; ignored", ident, EXPOSE_ANNOTATION,
                            raw_expose)
     ttl: int | None = None
-    raw_ttl = annotations.get(TTL_ANNOTATION)
-    if raw_ttl is not None:
-        text = str(raw_ttl).strip()
-        if text.isdigit() and int(text) <= 2**31 - 1:
-            ttl = int(text)
-        else:
-            logger.warning("%s: annotation %s=%r is not a TTL in seconds; ignored", ident, TTL_ANNOTATION,
-                           raw_ttl)
+    for ttl_key in (TTL_ANNOTATION, *EXTERNAL_TTL_ANNOTATIONS):
+        raw_ttl = annotations.get(ttl_key)
+        if raw_ttl is None:
+            continue
+        ttl = parse_ttl(raw_ttl)
+        if ttl is not None:
+            break
+        logger.warning("%s: annotation %s=%r is not a TTL in seconds; ignored", ident, ttl_key, raw_ttl)
+    hostnames = _hostnames(annotations, ident)
 
     svc_type = spec.get("type") or "ClusterIP"
     external_name: str | None = None
@@ -218,7 +227,60 @@ def service_from_api(obj: dict[str, Any]) -> ServiceRecord:
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
         expose=expose,
         ttl=ttl,
+        hostnames=hostnames,
     )
+
+
+def parse_ttl(raw: Any) -> int | None:
+    """A TTL annotation: seconds (`"60"`), or a duration as ExternalDNS accepts (`"1m30s"`); None if neither."""
+    text = str(raw).strip().lower()
+    if text.isascii() and text.isdigit():  # isdigit alone takes "²", which int() does not
+        value = int(text)
+    else:
+        match = _DURATION.match(text)
+        if not text or match is None:
+            return None
+        hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        value = hours * 3600 + minutes * 60 + seconds
+    return value if value <= 2**31 - 1 else None
+
+
+def valid_hostname(raw: Any) -> str | None:
+    """A host name as given in an annotation, Ingress or route: lower case, no trailing dot, an optional
+    leading `*.`; None when it is not a valid domain name."""
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip().rstrip(".").lower()
+    labels = text.split(".")
+    if labels and labels[0] == "*":
+        labels = labels[1:]
+    if len(labels) < 2 or len(text) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return None
+    return sys.intern(text)
+
+
+def _hostnames(annotations: dict[str, Any], ident: str) -> tuple[str, ...]:
+    """The names of the first hostname annotation set (GA before alpha); invalid ones warned and skipped."""
+    for key in HOSTNAME_ANNOTATIONS:
+        raw = annotations.get(key)
+        if raw is None:
+            continue
+        names: list[str] = []
+        bad: list[str] = []
+        for item in str(raw).split(","):
+            if not item.strip():
+                continue
+            name = valid_hostname(item)
+            if name is None:
+                bad.append(item.strip())
+            else:
+                names.append(name)
+        if bad:
+            OBJECTS_SKIPPED.labels(reason="invalid_hostname").inc(len(bad))
+            logger.warning("%s: annotation %s: %s not a valid host name; skipped", ident, key,
+                           ", ".join(repr(b) for b in bad))
+        return tuple(dict.fromkeys(names))
+    return ()
 
 
 def slice_from_api(obj: dict[str, Any]) -> SliceRecord:

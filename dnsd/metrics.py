@@ -30,7 +30,7 @@ RCODE_NAMES = {
     0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS",
 }
 #: Where an answer came from (the contract's `source` label).
-SOURCES = ("zone", "cache", "recursion", "dns64", "refused", "error")
+SOURCES = ("zone", "cache", "recursion", "dns64", "stale", "refused", "error")
 TRANSPORTS = ("udp", "tcp")
 
 #: Latency buckets in seconds: the fast path answers in microseconds, recursion in milliseconds.

@@ -91,6 +91,8 @@ ADDRESS_OVERHEAD = 120
 _OWN_FAILURES = frozenset({"budget", "zone_limit", "cancelled", "deadlock"})
 
 _TIMEOUT, _DEFINITE, _SKIPPED = "timeout", "definite", "skipped"
+#: RFC 8914 EDE 22, No Reachable Authority: every server of the zone failed.
+_EDE_NO_REACHABLE = 22
 
 
 @dataclass(slots=True)
@@ -201,7 +203,8 @@ class Iterator:
             return result
         except ResolveError as exc:
             if exc.reason not in _OWN_FAILURES:
-                self.cache.put_failure(name, qtype)
+                self.cache.put_failure(name, qtype, ede=_EDE_NO_REACHABLE if exc.reason == "unreachable"
+                                       else None)
             future.set_exception(exc)
             future.exception()  # waiters (if any) re-raise it themselves
             raise

@@ -1,0 +1,205 @@
+"""A resolver that keeps working (issue 16): serve-stale (RFC 8767) and EDE 22 for dead zones.
+
+The hierarchy is tests/hostile.py's scriptable servers on 127.53.2.0/24: a root delegating `keep.`
+(records with a TTL of 2 s, so that they expire during the test) to one leaf server and `alive.` to
+another. Each test builds its own network and starts the real dnsd process iterating from that root;
+the leaf is then stopped (its sockets closed: ICMP port unreachable) or made silent (it reads queries
+and never answers: the refresh takes longer than the RFC's 1.8 s), and the test checks what clients
+get: the expired answer with TTL 30 and EDE 3, or SERVFAIL with EDE 22 under `--serve-stale 0`,
+while names in other zones keep answering.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
+from tests.hostile import ROOT, ROOT_HINTS, SPARE, VICTIM, Network, Server, Zone
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fake servers bind port 53 on 127.53.2.0/24")
+
+LEAF, ALIVE = SPARE, VICTIM
+ZONE_ARGS = ("--zone", "c2.k8s.ooo", "--source", f"file:{EXAMPLE_MANIFESTS}")
+
+ROOT_ZONE = f"""
+$TTL 86400
+. SOA a.root.hostile. hostmaster.hostile. 1 1800 900 604800 60
+. NS a.root.hostile.
+a.root.hostile. A {ROOT}
+keep. NS ns.keep.
+ns.keep. A {LEAF}
+alive. NS ns.alive.
+ns.alive. A {ALIVE}
+"""
+
+KEEP_ZONE = f"""
+$TTL 2
+keep. 2 SOA ns.keep. hostmaster.keep. 1 1800 900 604800 2
+keep. 300 NS ns.keep.
+ns.keep. 300 A {LEAF}
+www A 192.0.2.50
+"""
+
+ALIVE_ZONE = f"""
+$TTL 300
+alive. SOA ns.alive. hostmaster.alive. 1 1800 900 604800 60
+alive. NS ns.alive.
+ns.alive. A {ALIVE}
+www A 192.0.2.60
+"""
+
+
+@pytest.fixture
+def net() -> Iterator[Network]:
+    network = Network(Server(ROOT, [Zone(".", ROOT_ZONE)]), Server(LEAF, [Zone("keep.", KEEP_ZONE)]),
+                      Server(ALIVE, [Zone("alive.", ALIVE_ZONE)])).start()
+    yield network
+    network.stop()
+
+
+@pytest.fixture
+def hints(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("resilience") / "root.hints"
+    path.write_text(ROOT_HINTS)
+    return str(path)
+
+
+def ask(proc: DnsdProcess, name: str, qtype: str = "A", timeout: float = 10.0) -> dns.message.Message:
+    return proc.query(name, qtype, rd=True, edns=0, timeout=timeout)
+
+
+def ede_codes(reply: dns.message.Message) -> list[int]:
+    return [int(option.code) for option in reply.extended_errors()]
+
+
+def until_stale(proc: DnsdProcess, name: str, deadline_s: float = 20.0) -> tuple[dns.message.Message, float]:
+    """Ask for `name` until the answer is a stale one (EDE 3); the reply and how long it took."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        started = time.monotonic()
+        reply = ask(proc, name)
+        elapsed = time.monotonic() - started
+        if 3 in ede_codes(reply):
+            return reply, elapsed
+        assert reply.rcode() == dns.rcode.NOERROR and rdata_texts(reply, "A") == ["192.0.2.50"], reply
+        assert time.monotonic() < deadline, "no stale answer before the deadline"
+        time.sleep(0.2)
+
+
+def test_a_stopped_leaf_gets_the_stale_answer_within_2s_with_ede_3(net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                     http="127.0.0.1:0") as proc:
+        fresh = ask(proc, "www.keep")
+        assert rdata_texts(fresh, "A") == ["192.0.2.50"] and fresh.answer[0].ttl <= 2
+        assert ede_codes(fresh) == []
+        net.stop_server(LEAF)
+        stale, elapsed = until_stale(proc, "www.keep")
+        assert elapsed < 2.0, elapsed
+        assert stale.rcode() == dns.rcode.NOERROR
+        assert rdata_texts(stale, "A") == ["192.0.2.50"]
+        assert [rrset.ttl for rrset in stale.answer] == [30]
+        # other zones are unaffected, and the stale answer keeps coming (the failure is cached)
+        assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]
+        again = ask(proc, "www.keep", timeout=2.0)
+        assert 3 in ede_codes(again) and rdata_texts(again, "A") == ["192.0.2.50"]
+        assert proc.metric("dnsd_queries_total", source="stale") >= 2
+
+
+def test_a_slow_refresh_serves_stale_after_the_client_timer_and_refreshes_in_the_background(
+        net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints) as proc:
+        assert rdata_texts(ask(proc, "www.keep"), "A") == ["192.0.2.50"]
+        net[LEAF].silent = True
+        stale, elapsed = until_stale(proc, "www.keep")
+        assert elapsed >= 1.5, elapsed  # the RFC 8767 client response timer (1.8 s) ran first
+        assert [rrset.ttl for rrset in stale.answer] == [30]
+        asked = net[LEAF].count("www.keep.", "A")
+        net[LEAF].silent = False
+        deadline = time.monotonic() + 20
+        while True:  # the background refresh (or the next one) brings the fresh answer back
+            reply = ask(proc, "www.keep")
+            if not ede_codes(reply):
+                break
+            assert time.monotonic() < deadline, "the answer was never refreshed"
+            time.sleep(0.2)
+        assert rdata_texts(reply, "A") == ["192.0.2.50"] and reply.answer[0].ttl <= 2
+        assert net[LEAF].count("www.keep.", "A") > asked
+
+
+def test_serve_stale_0_gives_servfail_with_ede_22_and_other_names_answer(net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                     "--serve-stale", "0") as proc:
+        assert rdata_texts(ask(proc, "www.keep"), "A") == ["192.0.2.50"]
+        net.stop_server(LEAF)
+        deadline = time.monotonic() + 20
+        while True:
+            reply = ask(proc, "www.keep")
+            if reply.rcode() != dns.rcode.NOERROR:
+                break
+            assert time.monotonic() < deadline, "the expired answer was served past its TTL"
+            time.sleep(0.2)
+        assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer
+        assert ede_codes(reply) == [22]
+        assert 3 not in ede_codes(ask(proc, "www.keep"))
+        assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]
+
+
+def test_a_zone_whose_servers_never_answer_is_servfail_ede_22_within_the_budget(net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints) as proc:
+        net[LEAF].silent = True
+        started = time.monotonic()
+        reply = ask(proc, "never.keep", timeout=10.0)
+        assert time.monotonic() - started < 7.0  # the 6 s client budget, with slack for a loaded machine
+        assert reply.rcode() == dns.rcode.SERVFAIL and ede_codes(reply) == [22]
+        assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]
+
+
+EXTERNAL_MANIFESTS = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: ext, namespace: default}
+  spec: {type: ExternalName, externalName: www.alive}
+"""
+EXTERNAL = "ext.default.svc.c2.k8s.ooo."
+#: clients from here are outside --allow-recursion: "the Internet", authoritative answers only
+OUTSIDER = "127.0.0.200"
+
+
+def test_externalname_is_chased_for_recursing_clients_only(net: Network, hints: str,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    manifests = tmp_path_factory.mktemp("external") / "cluster.yaml"
+    manifests.write_text(EXTERNAL_MANIFESTS)
+    with DnsdProcess("--zone", "c2.k8s.ooo", "--source", f"file:{manifests}", "--recursion", "iterate",
+                     "--root-hints", hints, "--allow-recursion", "127.0.0.1/32") as proc:
+        for _ in range(2):  # the second time from the caches (and never from a stored bare CNAME)
+            chased = ask(proc, EXTERNAL)
+            assert chased.rcode() == dns.rcode.NOERROR
+            assert rdata_texts(chased, "CNAME") == ["www.alive."]
+            assert rdata_texts(chased, "A") == ["192.0.2.60"]
+            assert [rrset.name.to_text() for rrset in chased.answer] == [EXTERNAL, "www.alive."]
+            assert not chased.flags & dns.flags.AA and chased.flags & dns.flags.RA
+        # RD clear from a recursing client: the bare CNAME, as the zone has it
+        bare = proc.query(EXTERNAL, "A", rd=False)
+        assert rdata_texts(bare, "CNAME") == ["www.alive."] and rdata_texts(bare, "A") == []
+        assert bare.flags & dns.flags.AA
+        alive_queries = net[ALIVE].count("www.alive.", "A")
+        for _ in range(2):  # an authoritative-only client with RD set still gets the bare CNAME with AA
+            message = dns.message.make_query(EXTERNAL, "A")
+            outside = dns.query.udp(message, proc.host, port=proc.port, timeout=5, source=OUTSIDER)
+            assert outside.rcode() == dns.rcode.NOERROR
+            assert rdata_texts(outside, "CNAME") == ["www.alive."] and rdata_texts(outside, "A") == []
+            assert outside.flags & dns.flags.AA and not outside.flags & dns.flags.RA
+        assert net[ALIVE].count("www.alive.", "A") == alive_queries
+        # the chase follows the target's fate: the zone's CNAME stays, the target's rcode is the answer's
+        assert ask(proc, EXTERNAL, "TXT").rcode() == dns.rcode.NOERROR

@@ -17,16 +17,18 @@ from collections.abc import Iterator
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
-from tests.hostile import ROOT, ROOT_HINTS, SPARE, VICTIM, Network, Server, Zone
+from tests.hostile import ATTACKER, ROOT, ROOT_HINTS, SPARE, VICTIM, Message, Network, Reply, Server, Zone, response
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fake servers bind port 53 on 127.53.2.0/24")
 
-LEAF, ALIVE = SPARE, VICTIM
+LEAF, ALIVE, TLD = SPARE, VICTIM, ATTACKER
 ZONE_ARGS = ("--zone", "c2.k8s.ooo", "--source", f"file:{EXAMPLE_MANIFESTS}")
 
 ROOT_ZONE = f"""
@@ -38,6 +40,25 @@ keep. NS ns.keep.
 ns.keep. A {LEAF}
 alive. NS ns.alive.
 ns.alive. A {ALIVE}
+tld. NS ns.tld.
+ns.tld. A {TLD}
+"""
+
+TLD_ZONE = f"""
+$TTL 300
+tld. SOA ns.tld. hostmaster.tld. 1 1800 900 604800 60
+tld. NS ns.tld.
+ns.tld. A {TLD}
+sub.tld. NS ns.sub.tld.
+ns.sub.tld. A {LEAF}
+"""
+
+SUB_ZONE = f"""
+$TTL 300
+sub.tld. SOA ns.sub.tld. hostmaster.sub.tld. 1 1800 900 604800 60
+sub.tld. NS ns.sub.tld.
+ns.sub.tld. A {LEAF}
+www.a.b.sub.tld. A 192.0.2.70
 """
 
 KEEP_ZONE = f"""
@@ -59,8 +80,9 @@ www A 192.0.2.60
 
 @pytest.fixture
 def net() -> Iterator[Network]:
-    network = Network(Server(ROOT, [Zone(".", ROOT_ZONE)]), Server(LEAF, [Zone("keep.", KEEP_ZONE)]),
-                      Server(ALIVE, [Zone("alive.", ALIVE_ZONE)])).start()
+    network = Network(Server(ROOT, [Zone(".", ROOT_ZONE)]),
+                      Server(LEAF, [Zone("keep.", KEEP_ZONE), Zone("sub.tld.", SUB_ZONE)]),
+                      Server(ALIVE, [Zone("alive.", ALIVE_ZONE)]), Server(TLD, [Zone("tld.", TLD_ZONE)])).start()
     yield network
     network.stop()
 
@@ -203,3 +225,54 @@ def test_externalname_is_chased_for_recursing_clients_only(net: Network, hints: 
         assert net[ALIVE].count("www.alive.", "A") == alive_queries
         # the chase follows the target's fate: the zone's CNAME stays, the target's rcode is the answer's
         assert ask(proc, EXTERNAL, "TXT").rcode() == dns.rcode.NOERROR
+
+
+def test_qname_minimisation_shows_each_server_only_the_next_label(net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints) as proc:
+        reply = ask(proc, "www.a.b.sub.tld", "AAAA")
+        assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # NODATA, from the leaf
+        reply = ask(proc, "www.a.b.sub.tld")
+        assert rdata_texts(reply, "A") == ["192.0.2.70"]
+        root_names = {name for name, _ in net[ROOT].queries}
+        tld_names = {name for name, _ in net[TLD].queries}
+        assert "tld." in root_names and root_names <= {"tld.", "."}, root_names  # "." for priming
+        assert tld_names == {"sub.tld."}, tld_names
+        assert {qtype for name, qtype in net[TLD].queries} == {dns.rdatatype.A}
+        # the leaf, the zone's own server, is asked the full name in the end
+        assert net[LEAF].count("www.a.b.sub.tld.", "A") == 1
+
+
+#: the root's own NS set names a server that the hints do not know
+PRIMED_ROOT = "127.53.2.7"
+PRIMING_ROOT_ZONE = f"""
+$TTL 86400
+. SOA a.root.hostile. hostmaster.hostile. 1 1800 900 604800 60
+. NS b.root.hostile.
+b.root.hostile. A {PRIMED_ROOT}
+alive. NS ns.alive.
+ns.alive. A {ALIVE}
+"""
+
+
+def _root_ns_with_glue(query: Message) -> Reply:
+    """A root server's priming response: the NS set with its addresses (RFC 8109 section 4)."""
+    question = query.question[0]
+    if question.name != dns.name.root or question.rdtype != dns.rdatatype.NS:
+        return None
+    return response(query, answer=(". 518400 IN NS b.root.hostile.",),
+                    additional=(f"b.root.hostile. 518400 IN A {PRIMED_ROOT}",))
+
+
+def test_priming_uses_the_roots_ns_set_not_the_hints(hints: str) -> None:
+    network = Network(Server(ROOT, [Zone(".", PRIMING_ROOT_ZONE)], script=_root_ns_with_glue),
+                      Server(PRIMED_ROOT, [Zone(".", PRIMING_ROOT_ZONE)], script=_root_ns_with_glue),
+                      Server(ALIVE, [Zone("alive.", ALIVE_ZONE)])).start()
+    try:
+        with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints) as proc:
+            proc.wait_for_log(r"primed the root: 1 name servers")
+            assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]
+            # the hints' server was asked for the root's NS set only; the primed one did the work
+            assert {(name, qtype) for name, qtype in network[ROOT].queries} == {(".", dns.rdatatype.NS)}
+            assert ("alive.", dns.rdatatype.A) in network[PRIMED_ROOT].queries
+    finally:
+        network.stop()

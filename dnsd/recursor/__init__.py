@@ -158,7 +158,17 @@ class Recursor:
         self._refreshing: set[asyncio.Task[Answer]] = set()
 
     async def start(self) -> None:
-        """Nothing to open: every upstream query uses its own socket (random port per query)."""
+        """Nothing to open (every upstream query uses its own socket, random port per query); in
+        iterate mode, prime the root (RFC 8109): waited for up to one upstream timeout, so that the
+        first queries already use the root's own NS set, then left to finish in the background
+        (queries meanwhile use the hints)."""
+        if isinstance(self.engine, Iterator):
+            priming = self.engine.reprime()
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    await asyncio.shield(priming)
+            except TimeoutError:
+                pass
 
     async def close(self) -> None:
         """Cancel the shared lookups and judgements; each one's own task removes its entry (clearing
@@ -167,6 +177,8 @@ class Recursor:
             future.cancel()
         for task in list(self._refreshing):
             task.cancel()
+        if isinstance(self.engine, Iterator):
+            await self.engine.close()
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""

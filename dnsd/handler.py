@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Protocol
 from dnsd import authority, rrl, wire
 from dnsd.config import Config
 from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
+from dnsd.recursor.cache import PREFETCH_MIN_TTL, PREFETCH_SHARE
 from dnsd.zone import CNAME, ZoneIndex
 
 if TYPE_CHECKING:
@@ -541,8 +542,13 @@ class Handler:
             return  # nothing says how long it stays true (or it already expired): never reuse it
         label = "dns64" if source == "dns64" else "cache"  # a repeat is a cache hit by definition
         qt, rc = qtype_label(qtype), rcode_label(rcode)
-        self._recursive.put(key, CachedAnswer(_template(reply), time.monotonic(), *positions,
-                                              ("udp", qt, rc, label), ("tcp", qt, rc, label)))
+        entry = CachedAnswer(_template(reply), time.monotonic(), *positions,
+                             ("udp", qt, rc, label), ("tcp", qt, rc, label))
+        lifetime = min(positions[1])
+        if lifetime >= PREFETCH_MIN_TTL:
+            # the last tenth goes through the recursor's cache, whose hits there start a prefetch
+            entry.expires = entry.stored + lifetime * (1 - PREFETCH_SHARE)
+        self._recursive.put(key, entry)
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:

@@ -75,6 +75,7 @@ alive. SOA ns.alive. hostmaster.alive. 1 1800 900 604800 60
 alive. NS ns.alive.
 ns.alive. A {ALIVE}
 www A 192.0.2.60
+busy 10 A 192.0.2.61
 """
 
 
@@ -276,3 +277,23 @@ def test_priming_uses_the_roots_ns_set_not_the_hints(hints: str) -> None:
             assert ("alive.", dns.rdatatype.A) in network[PRIMED_ROOT].queries
     finally:
         network.stop()
+
+
+def test_prefetch_refreshes_a_busy_name_before_it_expires(net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                     http="127.0.0.1:0") as proc:
+        first = ask(proc, "busy.alive")
+        expires = time.monotonic() + 10  # at the latest: the answer's TTL is 10 s
+        assert rdata_texts(first, "A") == ["192.0.2.61"] and net[ALIVE].count("busy.alive.", "A") == 1
+        while net[ALIVE].count("busy.alive.", "A") < 2:  # a busy name: asked every 0.1 s
+            reply = ask(proc, "busy.alive")
+            assert rdata_texts(reply, "A") == ["192.0.2.61"] and reply.answer[0].ttl > 0
+            assert time.monotonic() < expires, "the busy name was not refreshed before it expired"
+            time.sleep(0.1)
+        assert proc.metric("dnsd_prefetches_total") >= 1
+        # after the original expiry the refreshed answer is served from the cache: no miss, no wait
+        while time.monotonic() < expires + 0.5:
+            time.sleep(0.1)
+        reply = ask(proc, "busy.alive")
+        assert rdata_texts(reply, "A") == ["192.0.2.61"] and 0 < reply.answer[0].ttl <= 10
+        assert net[ALIVE].count("busy.alive.", "A") == 2

@@ -313,6 +313,8 @@ class Recursor:
                     return self._stale(stale, trace)  # RFC 8767: the refresh failed recently
                 # RFC 9520: a recent failure is not retried at once
                 raise ResolveError("unreachable" if cached.ede == EDE_NO_REACHABLE else "failed")
+            if not cache_only and self.cache.prefetch_due(name, qtype):
+                self._prefetch(name, qtype)
             return cached
         if cache_only:
             raise CacheMiss
@@ -363,13 +365,31 @@ class Recursor:
                 raise
             return self._stale(stale, trace)
 
+    def _prefetch(self, name: bytes, qtype: int) -> None:
+        """Refresh a popular answer before it expires (Unbound's prefetch), once at a time, in the
+        background: the client that asked has the cached answer already."""
+        k = (key(name), qtype)
+        if k in self._inflight:
+            return
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[k] = future
+        task = asyncio.create_task(self._fetch_into(name, qtype, k, future, refresh=True))
+        self._refreshing.add(task)
+        task.add_done_callback(_settled(self._refreshing))
+        metrics.PREFETCHES.inc()
+
     async def _fetch_into(self, name: bytes, qtype: int, k: tuple[bytes, int],
-                          future: asyncio.Future[Answer]) -> Answer:
-        """One resolution of (name, qtype) whose result (or failure) goes to `future`'s waiters."""
+                          future: asyncio.Future[Answer], refresh: bool = False) -> Answer:
+        """One resolution of (name, qtype) whose result (or failure) goes to `future`'s waiters;
+        `refresh`: past a cached answer (a prefetch)."""
         try:
             if self.engine is None:
                 raise ResolveError("off")
-            result = self.cache.put(name, qtype, await self.engine.lookup(name, qtype, Budget()))
+            if isinstance(self.engine, Iterator):
+                found = await self.engine.lookup(name, qtype, Budget(), refresh=refresh)
+            else:
+                found = await self.engine.lookup(name, qtype, Budget())
+            result = self.cache.put(name, qtype, found)
             if result.rcode == NXDOMAIN and not result.answer:
                 self.cache.put(name, NAME_WIDE, result)
             if not future.done():  # close() may have cancelled it

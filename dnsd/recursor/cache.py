@@ -60,6 +60,10 @@ FAILURE_TTL = 5.0
 _SERVFAIL = 2
 #: RFC 8767 section 4: stale answers are served with a TTL of 30 s.
 STALE_TTL = 30
+#: Prefetch (Unbound's `prefetch`): an answer asked for in the last tenth of its lifetime is refreshed
+#: in the background; lifetimes under PREFETCH_MIN_TTL are not worth it.
+PREFETCH_SHARE = 0.1
+PREFETCH_MIN_TTL = 10.0
 #: Failures live under qtype + _FAILED, outside the 16-bit qtype space and NAME_WIDE.
 _FAILED = 1 << 16
 _ANY = 255
@@ -216,6 +220,15 @@ class Cache:
                 return replace(a, answer=tuple(rr._replace(ttl=STALE_TTL) for rr in a.answer),
                                authority=tuple(rr._replace(ttl=STALE_TTL) for rr in a.authority))
         return None
+
+    def prefetch_due(self, qname: bytes, qtype: int) -> bool:
+        """Whether the answer for (qname, qtype) is in the last PREFETCH_SHARE of a lifetime of at
+        least PREFETCH_MIN_TTL (Unbound's prefetch: a name asked for then is refreshed early)."""
+        entry = self._entries.get((key(qname), qtype))
+        if entry is None or entry.answer.failed:
+            return False
+        lifetime = entry.expires - entry.stored
+        return lifetime >= PREFETCH_MIN_TTL and 0 < entry.expires - self.clock() < lifetime * PREFETCH_SHARE
 
     def put(self, qname: bytes, qtype: int, answer: Answer) -> Answer:
         """Store `answer`; its lifetime is its shortest TTL, capped (negative: RFC 2308 TTL).

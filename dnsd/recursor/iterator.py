@@ -228,14 +228,15 @@ class Iterator:
         if self._priming is not None:
             self._priming.cancel()
 
-    async def lookup(self, qname: bytes, qtype: int, budget: Budget) -> Answer:
-        """The answer for (qname, qtype) with the CNAME/DNAME chain, following it across zones."""
+    async def lookup(self, qname: bytes, qtype: int, budget: Budget, refresh: bool = False) -> Answer:
+        """The answer for (qname, qtype) with the CNAME/DNAME chain, following it across zones;
+        `refresh` (a prefetch) asks the first name's servers even while its answer is cached."""
         chain: list[RR] = []
         extra: list[RR] = []  # DNSSEC proofs of earlier steps (a wildcard-expanded CNAME's)
         name = qname
         seen = {key(name)}
         while True:
-            step = await self._shared_step(name, qtype, budget)
+            step = await self._shared_step(name, qtype, budget, refresh and name is qname)
             chain.extend(step.answer)
             if sum(1 for rr in chain if rr.rtype == CNAME) > MAX_CHAIN:
                 raise ResolveError("chain")  # links counted over the whole chain, not per response
@@ -248,9 +249,9 @@ class Iterator:
             seen.add(key(following))
             name = following
 
-    async def _shared_step(self, name: bytes, qtype: int, budget: Budget) -> Answer:
+    async def _shared_step(self, name: bytes, qtype: int, budget: Budget, refresh: bool = False) -> Answer:
         """`_step`, with one fetch per (name, type) in flight however many queries need it."""
-        cached = self.cache.get(name, qtype, count=False)  # hits are counted per client lookup
+        cached = None if refresh else self.cache.get(name, qtype, count=False)  # hits: per client lookup
         if cached is not None:
             if cached.failed:
                 raise ResolveError("failed")  # RFC 9520: not asked again for a while

@@ -195,6 +195,10 @@ SOURCE_ERRORS = Counter("dnsd_source_errors_total", "Source reads or API calls t
 CACHE_ENTRIES = Gauge("dnsd_cache_entries", "Entries in the answer cache", ["cache"])
 CACHE_HITS = Counter("dnsd_cache_hits_total", "Answers served from a cache", ["cache"])
 CACHE_MISSES = Counter("dnsd_cache_misses_total", "Lookups that missed a cache", ["cache"])
+UPSTREAM_HEALTHY = Gauge(
+    "dnsd_upstream_healthy",
+    "1 when the last exchange over this recursion path succeeded (path: root, forwarder, nat64); "
+    "informational, readiness does not depend on it", ["path"])
 PREFETCHES = Counter("dnsd_prefetches_total",
                      "Popular recursive answers refreshed before they expired (prefetch)")
 UPSTREAM_QUERIES = Counter(

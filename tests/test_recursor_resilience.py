@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import dns.flags
@@ -297,3 +299,29 @@ def test_prefetch_refreshes_a_busy_name_before_it_expires(net: Network, hints: s
         reply = ask(proc, "busy.alive")
         assert rdata_texts(reply, "A") == ["192.0.2.61"] and 0 < reply.answer[0].ttl <= 10
         assert net[ALIVE].count("busy.alive.", "A") == 2
+
+
+def readyz(proc: DnsdProcess) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/readyz?verbose", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_readyz_verbose_lists_each_check_and_only_source_and_listeners_gate(net: Network, hints: str) -> None:
+    with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                     http="127.0.0.1:0") as proc:
+        assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]
+        status, text = readyz(proc)
+        assert status == 200, text
+        assert text.splitlines() == ["[+]source-synced ok", "[+]listeners-bound ok",
+                                     "[+]upstream-root ok (informational)", "readyz check passed: ready"]
+        assert proc.metric("dnsd_upstream_healthy", path="root") == 1
+        net.stop_server(ROOT)
+        assert ask(proc, "www.nowhere").rcode() == dns.rcode.SERVFAIL  # the root is gone
+        status, text = readyz(proc)
+        assert status == 200, text  # recursion's reach is reported, it does not gate readiness
+        assert "[-]upstream-root failed (informational)" in text.splitlines()
+        assert proc.metric("dnsd_upstream_healthy", path="root") == 0
+        assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]  # from the cache still

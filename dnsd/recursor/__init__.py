@@ -39,6 +39,7 @@ Not here: ACLs, rate limiting, metrics per query (the handler's).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import struct
 from dataclasses import dataclass, replace
 from typing import Any
@@ -179,6 +180,26 @@ class Recursor:
             task.cancel()
         if isinstance(self.engine, Iterator):
             await self.engine.close()
+
+    def health(self) -> dict[str, bool]:
+        """What recursion can reach, for `/readyz?verbose` and `dnsd_upstream_healthy` (never for
+        readiness itself: a pod that cannot reach the Internet still serves its zone). "root" (or
+        "forwarder"): the last exchange with one of the root servers (forwarders) succeeded;
+        "nat64": only once an IPv4 server was reached through the NAT64 prefix, whether the last
+        exchange with one such server succeeded."""
+        out: dict[str, bool] = {}
+        if isinstance(self.engine, Forwarder):
+            out["forwarder"] = any(self.infra.answered(host, port) for host, port in self.engine.upstreams)
+        elif isinstance(self.engine, Iterator):
+            port = self.engine.port
+            roots = [self.nat64.map(a) for addrs in self.engine.root.servers.values() for a in addrs]
+            out["root"] = any(self.infra.answered(a, port) for a in roots if a is not None)
+        prefix = self.nat64.prefix
+        if prefix is not None:
+            via = [(a, p) for a, p in self.infra.seen() if ":" in a and ipaddress.ip_address(a) in prefix]
+            if via:
+                out["nat64"] = any(self.infra.answered(a, p) for a, p in via)
+        return out
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""

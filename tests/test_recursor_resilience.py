@@ -12,11 +12,15 @@ while names in other zones keep answering.
 from __future__ import annotations
 
 import os
+import random
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -325,3 +329,96 @@ def test_readyz_verbose_lists_each_check_and_only_source_and_listeners_gate(net:
         assert "[-]upstream-root failed (informational)" in text.splitlines()
         assert proc.metric("dnsd_upstream_healthy", path="root") == 0
         assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]  # from the cache still
+
+
+SLOW = SPARE
+FLOOD_ROOT_ZONE = f"""
+$TTL 86400
+. SOA a.root.hostile. hostmaster.hostile. 1 1800 900 604800 60
+. NS a.root.hostile.
+a.root.hostile. A {ROOT}
+slow. NS ns.slow.
+ns.slow. A {SLOW}
+alive. NS ns.alive.
+ns.alive. A {ALIVE}
+"""
+SLOW_DELAY = 0.5
+MAX_PER_ZONE = 20
+
+
+def test_a_random_subdomain_flood_on_a_slow_zone_leaves_other_names_answered(hints: str) -> None:
+    arrivals: list[float] = []
+
+    def slow_nxdomain(query: Message) -> Reply:
+        arrivals.append(time.monotonic())
+        reply = response(query, rcode=dns.rcode.NXDOMAIN,
+                         authority=("slow. 60 IN SOA ns.slow. h.slow. 1 1800 900 604800 60",))
+        return reply, SLOW_DELAY
+
+    network = Network(Server(ROOT, [Zone(".", FLOOD_ROOT_ZONE)]), Server(SLOW, script=slow_nxdomain),
+                      Server(ALIVE, [Zone("alive.", ALIVE_ZONE)])).start()
+    try:
+        with DnsdProcess(*ZONE_ARGS, "--recursion", "iterate", "--root-hints", hints,
+                         "--recursion-max-per-zone", str(MAX_PER_ZONE), http="127.0.0.1:0") as proc:
+            assert ask(proc, "warm.slow").rcode() == dns.rcode.NXDOMAIN  # the delegation is known
+            assert rdata_texts(ask(proc, "www.alive"), "A") == ["192.0.2.60"]
+            rss_before = _rss(proc)
+            flood = threading.Thread(target=_flood, args=(proc, 3000, 500.0), daemon=True)
+            flood.start()
+            latencies: list[float] = []
+            while flood.is_alive():
+                started = time.monotonic()
+                try:
+                    reply = ask(proc, "www.alive", timeout=1.0)
+                    ok = rdata_texts(reply, "A") == ["192.0.2.60"]
+                except dns.exception.Timeout:
+                    ok = False
+                latencies.append(time.monotonic() - started if ok else float("inf"))
+                time.sleep(0.02)
+            flood.join()
+            answered = sum(1 for latency in latencies if latency <= 1.0)
+            assert len(latencies) >= 50 and answered >= 0.95 * len(latencies), (answered, len(latencies))
+            assert _rss(proc) - rss_before < 64 * 1024 * 1024
+            # at most MAX_PER_ZONE queries outstanding at the victim at once: with a fixed delay, the
+            # queries in flight at any moment are the arrivals of the last SLOW_DELAY seconds
+            times = sorted(arrivals)
+            most, first = 0, 0
+            for last, at in enumerate(times):
+                while times[first] <= at - SLOW_DELAY:
+                    first += 1
+                most = max(most, last - first + 1)
+            assert len(times) > MAX_PER_ZONE and most <= MAX_PER_ZONE, (most, len(times))
+            assert proc.metric("dnsd_limit_hits_total", limit="recursion_per_zone") > 0
+    finally:
+        network.stop()
+
+
+def _flood(proc: DnsdProcess, count: int, rate: float) -> None:
+    """`count` unique names under slow. at `rate` a second, answers read and dropped."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    started = time.monotonic()
+    try:
+        for i in range(count):
+            wait = started + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            query = dns.message.make_query(f"r{i}-{random.getrandbits(32):08x}.slow.", "A")
+            try:
+                sock.sendto(query.to_wire(), (proc.host, proc.port))
+                while True:
+                    sock.recv(4096)
+            except (BlockingIOError, OSError):
+                pass
+    finally:
+        sock.close()
+
+
+def _rss(proc: DnsdProcess) -> int:
+    """dnsd's resident set size in bytes, from /proc."""
+    assert proc.proc is not None
+    with open(f"/proc/{proc.proc.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")

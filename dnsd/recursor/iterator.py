@@ -328,9 +328,12 @@ class Iterator:
                 probe = _minimised(known, name, sent)
             if probe is not None:
                 known_here = self.cache.get(probe, A, count=False)
-                if known_here is not None and not known_here.failed and known_here.rcode == NOERROR \
-                        and not any(rr.rtype in (CNAME, DNAME) for rr in known_here.answer):
-                    known = probe  # asked before: no cut there
+                if known_here is not None:  # asked before: never ask a probe twice while it is cached
+                    if not known_here.failed and known_here.rcode == NOERROR \
+                            and not any(rr.rtype in (CNAME, DNAME) for rr in known_here.answer):
+                        known = probe  # no cut there
+                    else:
+                        minimise = False  # an NXDOMAIN, an alias or a failure there: the full name
                     continue
                 sent += 1
                 try:

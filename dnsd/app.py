@@ -68,6 +68,15 @@ class App:
             return False, "waiting for the worker processes"
         return True, "ready"
 
+    def checks(self) -> list[tuple[str, bool, bool]]:
+        """(name, passing, gates readiness) for /readyz?verbose: the source and the listeners gate
+        readiness; what recursion reaches (the root or forwarders, the NAT64 path) is reported only."""
+        out = [("source-synced", self.zone.synced, True),
+               ("listeners-bound", self.listeners is not None and bool(self.listeners.bound), True)]
+        if self.recursor is not None:
+            out += [(f"upstream-{path}", healthy, False) for path, healthy in self.recursor.health().items()]
+        return out
+
     def _update_gauges(self) -> None:
         metrics.ZONE_SERIAL.set(self.zone.serial)
         metrics.ZONE_RECORDS.set(self.zone.record_count)
@@ -82,6 +91,9 @@ class App:
             metrics.RRL_BUCKETS.set(self.handler.rrl.buckets if self.handler.rrl is not None else 0)
         if self.listeners is not None:
             metrics.TCP_CONNECTIONS.set(self.listeners.tcp_state.total)
+        if self.recursor is not None:
+            for path, healthy in self.recursor.health().items():
+                metrics.UPSTREAM_HEALTHY.labels(path=path).set(1 if healthy else 0)
         metrics.JOURNAL_SERIALS.set(len(self.zone.journal))
         metrics.JOURNAL_RECORDS.set(self.zone.journal_records)
 
@@ -204,7 +216,7 @@ class App:
                     ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.listeners.bound),
                     config.zone, config.cluster_domain, self.zone.serial)
         if config.http is not None:
-            self.http = HttpServer(config.http, self.readiness, self._update_gauges)
+            self.http = HttpServer(config.http, self.readiness, self._update_gauges, self.checks)
             try:
                 await self.http.start()
             except OSError as exc:

@@ -104,6 +104,7 @@ class Config:
     recursion_max_per_client: int = 1024
     recursion_max_per_zone: int = 100
     recursion_jostle_timeout: float = 0.2
+    serve_stale: int = 86400
     lame_duck: float = 5.0
     query_log_sample: float = 0.0
     dns64_exclude: tuple[ipaddress.IPv6Network, ...] = ()
@@ -470,6 +471,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds after which a recursive query in progress gives its slot to a new one when every slot "
            "is taken (default 0.2, as Unbound's jostle-timeout; 0: never, the new query is refused)",
            metavar="SECONDS"),
+    Option("serve_stale", parse_int(0, 7 * 86400),
+           "seconds past expiry an answer may still be served (TTL 30, EDE 3) when refreshing it fails or "
+           "takes longer than 1.8 s (RFC 8767; default 86400, 0 off)", metavar="SECONDS"),
     Option("dnssec_validation", parse_bool, "validate recursive answers with DNSSEC: on or off (default on)",
            metavar="on|off"),
     Option("trust_anchor", parse_path, "DS or DNSKEY records in zone-file format trusted instead of the "

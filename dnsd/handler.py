@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Protocol
 from dnsd import authority, rrl, wire
 from dnsd.config import Config
 from dnsd.metrics import LIMIT_HITS, QueryStats, qtype_label, rcode_label
-from dnsd.zone import ZoneIndex
+from dnsd.recursor.cache import PREFETCH_MIN_TTL, PREFETCH_SHARE
+from dnsd.zone import CNAME, ZoneIndex
 
 if TYPE_CHECKING:
     from dnsd.dnssec.signer import Signer
@@ -335,6 +336,8 @@ class Recursor(Protocol):
     """What the handler needs from the recursive resolver (dnsd.recursor.Recursor)."""
 
     async def answer_with_source(self, query: wire.Query, limit: int) -> tuple[bytes, str]: ...
+
+    async def resolve(self, qname: str, qtype: int) -> tuple[int, list[tuple[str, int, int, bytes]]]: ...
 
 
 class Acl:
@@ -720,6 +723,10 @@ class Handler:
             if not ra:  # with recursion available, RD (not part of the key) decides: never store
                 self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
+        if ra and self._leaves_zones(result, query.qtype):
+            if query.rd:  # an ExternalName (or any CNAME out of the zones): chased like a resolver's
+                return self._start_recursion(found, query, limit, transport, started, host, chase=result)
+            found = None  # the bare CNAME for RD=0; never stored, since RD is not part of the key
         full = wire.encode(query, result.response, ra, 65535, self.edns_size)
         rcode = result.response.rcode
         if full[2] & 0x02:
@@ -769,8 +776,16 @@ class Handler:
             return
         self._store(key, reply, result, query.qtype, rcode, source)
 
+    def _leaves_zones(self, result: authority.Answer, qtype: int) -> bool:
+        """Whether the zone answer ends in a CNAME whose target lies outside every served zone."""
+        answer = result.response.answer
+        if result.response.rcode != wire.NOERROR or not answer or qtype in (CNAME, wire.ANY):
+            return False
+        last = answer[-1]
+        return last[1] == CNAME and self.zone.find_apex(str(last[3])) is None
+
     def _start_recursion(self, found: FastKey | None, query: wire.Query, limit: int, transport: str,
-                         started: float, host: str) -> Reply:
+                         started: float, host: str, chase: authority.Answer | None = None) -> Reply:
         """Admit one recursive query under the outstanding limits, or answer SERVFAIL at once.
 
         The limits bound the memory a flood of unanswerable names (or a slow upstream) can pin:
@@ -790,7 +805,7 @@ class Handler:
         else:
             self._outstanding += 1
             self._outstanding_by_client[host] = per_client + 1
-            task = asyncio.ensure_future(self._recurse(found, query, limit, transport, started, host))
+            task = asyncio.ensure_future(self._recurse(found, query, limit, transport, started, host, chase))
             self._admitted[task] = started
             # a done callback runs even when the task is cancelled before it starts (client gone)
             task.add_done_callback(lambda done: self._release(host, done))
@@ -820,11 +835,15 @@ class Handler:
             self._outstanding_by_client.pop(host, None)
 
     async def _recurse(self, found: FastKey | None, query: wire.Query, limit: int, transport: str,
-                       started: float, host: str) -> bytes | None:
+                       started: float, host: str, chase: authority.Answer | None = None) -> bytes | None:
         if self.recursor is None:  # only called when recursion is configured
             return None
         try:
-            reply, source = await self.recursor.answer_with_source(query, limit)
+            if chase is not None:
+                found = None  # depends on the zone and on upstream TTLs: never kept for the fast path
+                reply, source = await self._chase(self.recursor, query, chase, limit)
+            else:
+                reply, source = await self.recursor.answer_with_source(query, limit)
         except Exception:
             logger.exception("recursion failed for %s/%d", query.qname, query.qtype)
             reply, source = wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), "error"
@@ -832,6 +851,18 @@ class Handler:
         if found is not None and source in ("cache", "recursion", "dns64") and rcode in (wire.NOERROR, wire.NXDOMAIN):
             self._store_recursive(found, reply, query.qtype, rcode, source)
         return self._finish(reply, query, rcode, source, transport, started, host)
+
+    async def _chase(self, recursor: Recursor, query: wire.Query, result: authority.Answer,
+                     limit: int) -> tuple[bytes, str]:
+        """The zone's CNAME chain plus the target's records from the recursor, as a recursive
+        resolver answers (RFC 1034 4.3.2 step 3a continued by resolution); not AA, since the data
+        past the zone is not dnsd's. The target's rcode is the answer's (RFC 6604 2.1)."""
+        zone_answer = result.response.answer
+        rcode, records = await recursor.resolve(str(zone_answer[-1][3]), query.qtype)
+        if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+            return wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), "error"
+        response = wire.Response(rcode=rcode, aa=False, answer=[*zone_answer, *records])
+        return wire.encode(query, response, True, limit, self.edns_size), "recursion"
 
     def _store_recursive(self, found: FastKey, reply: bytes, qtype: int, rcode: int, source: str) -> None:
         """Keep a complete recursive answer for the fast path, to be served until its shortest TTL ends."""
@@ -845,8 +876,13 @@ class Handler:
             return  # nothing says how long it stays true (or it already expired): never reuse it
         label = "dns64" if source == "dns64" else "cache"  # a repeat is a cache hit by definition
         qt, rc = qtype_label(qtype), rcode_label(rcode)
-        self._recursive.put(key, CachedAnswer(_template(reply), time.monotonic(), *positions,
-                                              ("udp", qt, rc, label, "cached"), ("tcp", qt, rc, label, "cached")))
+        entry = CachedAnswer(_template(reply), time.monotonic(), *positions,
+                             ("udp", qt, rc, label, "cached"), ("tcp", qt, rc, label, "cached"))
+        lifetime = min(positions[1])
+        if lifetime >= PREFETCH_MIN_TTL:
+            # the last tenth goes through the recursor's cache, whose hits there start a prefetch
+            entry.expires = entry.stored + lifetime * (1 - PREFETCH_SHARE)
+        self._recursive.put(key, entry)
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:

@@ -20,9 +20,12 @@ class HttpServer:
     """A small aiohttp application bound to one address."""
 
     def __init__(self, endpoint: Endpoint, ready: Callable[[], tuple[bool, str]],
-                 before_scrape: Callable[[], None] | None = None) -> None:
+                 before_scrape: Callable[[], None] | None = None,
+                 checks: Callable[[], list[tuple[str, bool, bool]]] | None = None) -> None:
         self.endpoint = endpoint
         self.ready = ready
+        #: (name, passing, gates readiness) of every check, for /readyz?verbose
+        self.checks = checks
         self.before_scrape = before_scrape
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -56,4 +59,10 @@ class HttpServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ok, reason = self.ready()
+        if "verbose" in request.query and self.checks is not None:
+            # as Kubernetes' own /readyz?verbose: one line a check; only the gating ones decide
+            lines = [f"[{'+' if passing else '-'}]{name} {'ok' if passing else 'failed'}"
+                     f"{'' if gates else ' (informational)'}" for name, passing, gates in self.checks()]
+            lines.append(f"readyz check {'passed' if ok else 'failed'}: {reason}")
+            return web.Response(status=200 if ok else 503, text="\n".join(lines) + "\n")
         return web.Response(status=200 if ok else 503, text=reason + "\n")

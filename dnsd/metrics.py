@@ -30,7 +30,7 @@ RCODE_NAMES = {
     0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED", 16: "BADVERS",
 }
 #: Where an answer came from (the contract's `source` label).
-SOURCES = ("zone", "cache", "recursion", "dns64", "refused", "error")
+SOURCES = ("zone", "cache", "recursion", "dns64", "stale", "refused", "error")
 TRANSPORTS = ("udp", "tcp")
 #: Kinds of fast-path answer (the `kind` label of dnsd_fast_path_answers_total).
 FAST_PATH_KINDS = ("stored", "template", "cached")
@@ -252,6 +252,12 @@ SOURCE_ERRORS = Counter("dnsd_source_errors_total", "Source reads or API calls t
 CACHE_ENTRIES = Gauge("dnsd_cache_entries", "Entries in the answer cache", ["cache"])
 CACHE_HITS = Counter("dnsd_cache_hits_total", "Answers served from a cache", ["cache"])
 CACHE_MISSES = Counter("dnsd_cache_misses_total", "Lookups that missed a cache", ["cache"])
+UPSTREAM_HEALTHY = Gauge(
+    "dnsd_upstream_healthy",
+    "1 when the last exchange over this recursion path succeeded (path: root, forwarder, nat64); "
+    "informational, readiness does not depend on it", ["path"])
+PREFETCHES = Counter("dnsd_prefetches_total",
+                     "Popular recursive answers refreshed before they expired (prefetch)")
 UPSTREAM_QUERIES = Counter(
     "dnsd_upstream_queries_total", "Queries sent to upstream servers, by mode and transport",
     ["mode", "transport"],

@@ -227,6 +227,7 @@ class Network:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._closers: list[Callable[[], None]] = []
+        self._by_server: dict[str, list[Callable[[], None]]] = {}
 
     def __getitem__(self, address: str) -> Server:
         return self.servers[address]
@@ -241,18 +242,36 @@ class Network:
         for server in self.servers.values():
             transport, _ = await loop.create_datagram_endpoint(_udp_factory(server),
                                                                local_addr=(server.address, 53))
-            self._closers.append(transport.close)
             tcp = await asyncio.start_server(_tcp_factory(server), server.address, 53)
-            self._closers.append(tcp.close)
+            self._closers += [transport.close, tcp.close]
+            self._by_server[server.address] = [transport.close, tcp.close]
+
+    def stop_server(self, address: str) -> None:
+        """Close one server's sockets, as when its process stops: queries to it then meet ICMP port
+        unreachable (UDP) and connection refused (TCP)."""
+        async def close() -> None:
+            for closer in self._by_server.pop(address, []):
+                closer()
+            await _closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
 
     def stop(self) -> None:
-        def close() -> None:
+        async def close() -> None:
             for closer in self._closers:
                 closer()
+            await _closed()
             self.loop.stop()
 
-        self.loop.call_soon_threadsafe(close)
+        asyncio.run_coroutine_threadsafe(close(), self.loop)
         self._thread.join(timeout=10)
+
+
+async def _closed() -> None:
+    """Let the loop run the callbacks that close the sockets of closed transports, so that the
+    addresses can be bound again (a test that builds its own network after another one)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 def response(query: Message, *, aa: bool = True, rcode: dns.rcode.Rcode = dns.rcode.NOERROR,

@@ -25,12 +25,21 @@ clients (RFC 4035 3.2.1). DNS64 follows RFC 6147 5.5: the negative AAAA answer i
 the A query, synthesis uses a validated A (AD when both were secure), anything bogus is SERVFAIL
 with EDE 6, DO+CD queries get no synthesis, and synthesized answers carry EDE 29 (Synthesized).
 
+Keeping working when upstreams fail (RFC 8767, RFC 8914): an expired answer stays in the cache for
+`--serve-stale` seconds; when its refresh fails, meets a limit, or takes longer than
+`STALE_WAIT` (1.8 s, the RFC's client response timer), the stale copy is served with TTL 30 and
+EDE 3 while the refresh goes on in the background (source "stale", never kept by the handler's fast
+path). A name whose zone's servers all fail, or whose lookup outlives the client budget, is
+SERVFAIL with EDE 22 (No Reachable Authority); the per-zone fetch limit keeps that from holding up
+other names.
+
 Not here: ACLs, rate limiting, metrics per query (the handler's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import struct
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,6 +80,10 @@ _EDE_OPTION = 15  # RFC 8914
 _HEADER = struct.Struct("!HHHHHH")
 #: Failures caused by this query or by dnsd's own limits, not by the name's servers: not cached.
 _OWN_FAILURES = frozenset({"budget", "zone_limit", "cancelled", "deadlock", "off"})
+#: RFC 8767 section 5: how long a client waits on a refresh before the stale answer is served.
+STALE_WAIT = 1.8
+EDE_STALE = 3           # RFC 8914: Stale Answer
+EDE_NO_REACHABLE = 22   # RFC 8914: No Reachable Authority
 
 
 def is_meta_qtype(qtype: int) -> bool:
@@ -89,6 +102,7 @@ class _Trace:
 
     upstream: bool = False
     synthesized: bool = False
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +116,7 @@ class Settings:
     cache_entries: int = 100_000
     cache_bytes: int = 64 * 1024 * 1024
     delegation_bytes: int = 16 * 1024 * 1024
+    stale_wait: float = STALE_WAIT  # RFC 8767's client response timer
 
 
 class Recursor:
@@ -112,7 +127,7 @@ class Recursor:
         self.config = config
         self.zone = zone
         self.settings = settings = settings or Settings()
-        self.cache = Cache(settings.cache_entries, settings.cache_bytes)
+        self.cache = Cache(settings.cache_entries, settings.cache_bytes, stale=config.serve_stale)
         self.infra = upstream.Infra()
         self.nat64 = upstream.Nat64(config.dns64_prefix)
         self.policy = dns64.Policy(config.dns64_prefix, config.dns64_exclude,
@@ -140,15 +155,51 @@ class Recursor:
                                    dnssec=dnssec)
         self._inflight: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
         self._judging: dict[tuple[bytes, int], asyncio.Future[Answer]] = {}
+        #: background refreshes of stale answers (strong references: the loop keeps only weak ones)
+        self._refreshing: set[asyncio.Task[Answer]] = set()
 
     async def start(self) -> None:
-        """Nothing to open: every upstream query uses its own socket (random port per query)."""
+        """Nothing to open (every upstream query uses its own socket, random port per query); in
+        iterate mode, prime the root (RFC 8109): waited for up to one upstream timeout, so that the
+        first queries already use the root's own NS set, then left to finish in the background
+        (queries meanwhile use the hints)."""
+        if isinstance(self.engine, Iterator):
+            priming = self.engine.reprime()
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    await asyncio.shield(priming)
+            except TimeoutError:
+                pass
 
     async def close(self) -> None:
         """Cancel the shared lookups and judgements; each one's own task removes its entry (clearing
         the tables here made lookups still running fail with KeyError at shutdown)."""
         for future in (*self._inflight.values(), *self._judging.values()):
             future.cancel()
+        for task in list(self._refreshing):
+            task.cancel()
+        if isinstance(self.engine, Iterator):
+            await self.engine.close()
+
+    def health(self) -> dict[str, bool]:
+        """What recursion can reach, for `/readyz?verbose` and `dnsd_upstream_healthy` (never for
+        readiness itself: a pod that cannot reach the Internet still serves its zone). "root" (or
+        "forwarder"): the last exchange with one of the root servers (forwarders) succeeded;
+        "nat64": only once an IPv4 server was reached through the NAT64 prefix, whether the last
+        exchange with one such server succeeded."""
+        out: dict[str, bool] = {}
+        if isinstance(self.engine, Forwarder):
+            out["forwarder"] = any(self.infra.answered(host, port) for host, port in self.engine.upstreams)
+        elif isinstance(self.engine, Iterator):
+            port = self.engine.port
+            roots = [self.nat64.map(a) for addrs in self.engine.root.servers.values() for a in addrs]
+            out["root"] = any(self.infra.answered(a, port) for a in roots if a is not None)
+        prefix = self.nat64.prefix
+        if prefix is not None:
+            via = [(a, p) for a, p in self.infra.seen() if ":" in a and ipaddress.ip_address(a) in prefix]
+            if via:
+                out["nat64"] = any(self.infra.answered(a, p) for a, p in via)
+        return out
 
     def forwarder_order(self) -> list[tuple[str, int]]:
         """Forwarders in the order the next query would try them (health, then RTT)."""
@@ -174,9 +225,13 @@ class Recursor:
                 result = await self._answer(query, trace)
         except CacheMiss:
             return self._encode(query, REFUSED, (), (), limit), "refused"
-        except (ResolveError, TimeoutError):
-            return self._encode(query, SERVFAIL, (), (), limit), "error"
-        source = "dns64" if trace.synthesized else "recursion" if trace.upstream else "cache"
+        except ResolveError as exc:
+            ede = EDE_NO_REACHABLE if exc.reason == "unreachable" else None
+            return self._encode(query, SERVFAIL, (), (), limit, ede=ede), "error"
+        except TimeoutError:  # the client budget ran out before any server of the zone answered
+            return self._encode(query, SERVFAIL, (), (), limit, ede=EDE_NO_REACHABLE), "error"
+        source = ("stale" if trace.stale else "dns64" if trace.synthesized
+                  else "recursion" if trace.upstream else "cache")
         if result.security == dnssec_validator.BOGUS and not query.cd:
             return self._encode(query, SERVFAIL, (), (), limit, ede=result.ede), "error"
         ad = result.security == dnssec_validator.SECURE and bool(query.edns_do or query.flags & _AD)
@@ -274,11 +329,20 @@ class Recursor:
         cached = self.cache.get(name, qtype)
         if cached is not None:
             if cached.failed:
-                raise ResolveError("failed")  # RFC 9520: a recent failure is not retried at once
+                stale = None if cache_only else self.cache.get_stale(name, qtype)
+                if stale is not None:
+                    return self._stale(stale, trace)  # RFC 8767: the refresh failed recently
+                # RFC 9520: a recent failure is not retried at once
+                raise ResolveError("unreachable" if cached.ede == EDE_NO_REACHABLE else "failed")
+            if not cache_only and self.cache.prefetch_due(name, qtype):
+                self._prefetch(name, qtype)
             return cached
         if cache_only:
             raise CacheMiss
         trace.upstream = True
+        stale = self.cache.get_stale(name, qtype)
+        if stale is not None:
+            return await self._refresh_or_stale(name, qtype, stale, trace)
         k = (key(name), qtype)
         pending = self._inflight.get(k)
         if pending is not None:
@@ -291,10 +355,62 @@ class Recursor:
                 raise ResolveError("cancelled") from None  # the lookup we joined was cancelled
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[k] = future
+        return await self._fetch_into(name, qtype, k, future)
+
+    def _stale(self, stale: Answer, trace: _Trace) -> Answer:
+        """A stale answer as served: TTL 30 (set by the cache) and EDE 3 (RFC 8767 section 4)."""
+        trace.stale = True
+        return replace(stale, ede=EDE_STALE)
+
+    async def _refresh_or_stale(self, name: bytes, qtype: int, stale: Answer, trace: _Trace) -> Answer:
+        """RFC 8767 section 5: refresh an expired answer, but serve the stale copy when the refresh
+        fails or takes longer than `stale_wait`; the refresh runs in its own task, so it goes on (and
+        refills the cache) after this client has its answer. Concurrent clients share one refresh."""
+        k = (key(name), qtype)
+        pending = self._inflight.get(k)
+        if pending is None:
+            future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self._inflight[k] = future
+            task = asyncio.create_task(self._fetch_into(name, qtype, k, future))
+            self._refreshing.add(task)
+            task.add_done_callback(_settled(self._refreshing))
+            pending = future
+        try:
+            async with asyncio.timeout(self.settings.stale_wait):
+                return await asyncio.shield(pending)
+        except (ResolveError, TimeoutError):
+            return self._stale(stale, trace)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return self._stale(stale, trace)
+
+    def _prefetch(self, name: bytes, qtype: int) -> None:
+        """Refresh a popular answer before it expires (Unbound's prefetch), once at a time, in the
+        background: the client that asked has the cached answer already."""
+        k = (key(name), qtype)
+        if k in self._inflight:
+            return
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[k] = future
+        task = asyncio.create_task(self._fetch_into(name, qtype, k, future, refresh=True))
+        self._refreshing.add(task)
+        task.add_done_callback(_settled(self._refreshing))
+        metrics.PREFETCHES.inc()
+
+    async def _fetch_into(self, name: bytes, qtype: int, k: tuple[bytes, int],
+                          future: asyncio.Future[Answer], refresh: bool = False) -> Answer:
+        """One resolution of (name, qtype) whose result (or failure) goes to `future`'s waiters;
+        `refresh`: past a cached answer (a prefetch)."""
         try:
             if self.engine is None:
                 raise ResolveError("off")
-            result = self.cache.put(name, qtype, await self.engine.lookup(name, qtype, Budget()))
+            if isinstance(self.engine, Iterator):
+                found = await self.engine.lookup(name, qtype, Budget(), refresh=refresh)
+            else:
+                found = await self.engine.lookup(name, qtype, Budget())
+            result = self.cache.put(name, qtype, found)
             if result.rcode == NXDOMAIN and not result.answer:
                 self.cache.put(name, NAME_WIDE, result)
             if not future.done():  # close() may have cancelled it
@@ -302,7 +418,8 @@ class Recursor:
             return result
         except ResolveError as exc:
             if exc.reason not in _OWN_FAILURES:
-                self.cache.put_failure(name, qtype)
+                self.cache.put_failure(name, qtype, ede=EDE_NO_REACHABLE if exc.reason == "unreachable"
+                                       else None)
             _fail(future, exc)
             raise
         except Exception as exc:
@@ -454,6 +571,18 @@ def _from_zone(response: Response) -> Answer:
         return tuple(out)
 
     return Answer(response.rcode, records(response.answer), records(response.authority))
+
+
+def _settled(tasks: set[asyncio.Task[Answer]]) -> Any:
+    """A done-callback that forgets a background refresh and retrieves its outcome (a failed
+    refresh is normal: the stale answer was served)."""
+
+    def done(task: asyncio.Task[Answer]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    return done
 
 
 def _fail(future: asyncio.Future[Answer], exc: Exception) -> None:

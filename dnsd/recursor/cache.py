@@ -22,6 +22,11 @@ EDE code to report), so cached answers keep their verdict; bogus ones are kept f
 The cache stores what it is given: deciding what is trustworthy (bailiwick, matching question) is the
 job of `iterator` and `forwarder`, which never hand it out-of-bailiwick records. The entry shape is
 meant to grow (a validation state, a stale-serving deadline): `Answer` and `Entry` are the places.
+
+Serve-stale (RFC 8767): with `stale` seconds (`--serve-stale`), an expired entry is kept that much
+longer (still bounded by the LRU) and `get_stale` hands it out with every TTL set to `STALE_TTL`;
+`get` never returns it. Failures are therefore kept under their own key (`_FAILED` + qtype), so that
+a failed refresh does not overwrite the stale data it must fall back to.
 """
 
 from __future__ import annotations
@@ -53,6 +58,14 @@ NAME_WIDE = -1
 #: BIND's servfail-ttl is 1 s, Unbound keeps failed servers out for longer.
 FAILURE_TTL = 5.0
 _SERVFAIL = 2
+#: RFC 8767 section 4: stale answers are served with a TTL of 30 s.
+STALE_TTL = 30
+#: Prefetch (Unbound's `prefetch`): an answer asked for in the last tenth of its lifetime is refreshed
+#: in the background; lifetimes under PREFETCH_MIN_TTL are not worth it.
+PREFETCH_SHARE = 0.1
+PREFETCH_MIN_TTL = 10.0
+#: Failures live under qtype + _FAILED, outside the 16-bit qtype space and NAME_WIDE.
+_FAILED = 1 << 16
 _ANY = 255
 
 _TTL = struct.Struct("!I")
@@ -148,8 +161,10 @@ class Cache:
     """LRU answer cache bounded in entries and bytes; `clock` is injectable for tests."""
 
     def __init__(self, max_entries: int = 100_000, max_bytes: int = 64 * 1024 * 1024,
-                 clock: Callable[[], float] | None = None, label: str = "recursion") -> None:
+                 clock: Callable[[], float] | None = None, label: str = "recursion",
+                 stale: float = 0.0) -> None:
         self.max_entries = max_entries
+        self.stale = stale
         self.max_bytes = max_bytes
         self.clock = clock or time.monotonic
         self.bytes = 0
@@ -168,8 +183,10 @@ class Cache:
         entry = self._entries.get(k)
         if entry is None:
             return None
-        if entry.expires <= self.clock():
-            self._remove(k)
+        now = self.clock()
+        if entry.expires <= now:
+            if entry.expires + self.stale <= now or entry.answer.failed:
+                self._remove(k)
             return None
         self._entries.move_to_end(k)
         return entry
@@ -177,12 +194,41 @@ class Cache:
     def get(self, qname: bytes, qtype: int, *, count: bool = True) -> Answer | None:
         """The answer for (qname, qtype) with TTLs counted down, NXDOMAIN of the name, a cached
         failure (`Answer.failed`), or None."""
+        if qtype != NAME_WIDE:
+            failure = self.entry(qname, qtype + _FAILED)
+            if failure is not None:
+                if count:
+                    self._hits.inc()
+                return failure.answer
         entry = self.entry(qname, qtype)
         if entry is None and qtype != NAME_WIDE:
             entry = self.entry(qname, NAME_WIDE)
         if count:
             (self._hits if entry is not None else self._misses).inc()
         return None if entry is None else entry.current(self.clock())
+
+    def get_stale(self, qname: bytes, qtype: int) -> Answer | None:
+        """An expired answer for (qname, qtype) (or the name's NXDOMAIN) at most `stale` seconds past
+        its expiry, every TTL set to STALE_TTL (RFC 8767 section 4); None when there is none."""
+        if self.stale <= 0:
+            return None
+        now = self.clock()
+        for t in (qtype, NAME_WIDE):
+            entry = self._entries.get((key(qname), t))
+            if entry is not None and not entry.answer.failed and entry.expires <= now < entry.expires + self.stale:
+                a = entry.answer
+                return replace(a, answer=tuple(rr._replace(ttl=STALE_TTL) for rr in a.answer),
+                               authority=tuple(rr._replace(ttl=STALE_TTL) for rr in a.authority))
+        return None
+
+    def prefetch_due(self, qname: bytes, qtype: int) -> bool:
+        """Whether the answer for (qname, qtype) is in the last PREFETCH_SHARE of a lifetime of at
+        least PREFETCH_MIN_TTL (Unbound's prefetch: a name asked for then is refreshed early)."""
+        entry = self._entries.get((key(qname), qtype))
+        if entry is None or entry.answer.failed:
+            return False
+        lifetime = entry.expires - entry.stored
+        return lifetime >= PREFETCH_MIN_TTL and 0 < entry.expires - self.clock() < lifetime * PREFETCH_SHARE
 
     def put(self, qname: bytes, qtype: int, answer: Answer) -> Answer:
         """Store `answer`; its lifetime is its shortest TTL, capped (negative: RFC 2308 TTL).
@@ -213,15 +259,19 @@ class Cache:
         self._store(qname, qtype, answer, ttl)
         return answer
 
-    def put_failure(self, qname: bytes, qtype: int, seconds: float = FAILURE_TTL) -> None:
-        """Remember that resolving (qname, qtype) failed, for `seconds` (RFC 9520 section 3)."""
-        self._store(qname, qtype, Answer(_SERVFAIL), seconds)
+    def put_failure(self, qname: bytes, qtype: int, seconds: float = FAILURE_TTL,
+                    ede: int | None = None) -> None:
+        """Remember that resolving (qname, qtype) failed, for `seconds` (RFC 9520 section 3); `ede`
+        says why (22: no server answered), for the SERVFAILs served from it."""
+        self._store(qname, qtype + _FAILED, Answer(_SERVFAIL, ede=ede), seconds)
 
     def _store(self, qname: bytes, qtype: int, answer: Answer, ttl: float) -> None:
         size = footprint(qname, answer)
         k = (key(qname), qtype)
         if k in self._entries:
             self._remove(k)
+        if 0 <= qtype < _FAILED:
+            self._drop((k[0], qtype + _FAILED))
         if size > min(self.max_bytes, max(self.max_bytes // 16, 8192)):
             return  # a huge answer is served once and not kept: it would evict everything else
         now = self.clock()
@@ -236,6 +286,11 @@ class Cache:
         self._entries.clear()
         self.bytes = 0
         self._gauge.set(0)
+
+    def _drop(self, k: tuple[bytes, int]) -> None:
+        """Remove `k` if present (a fresh answer ends the failure cached for it)."""
+        if k in self._entries:
+            self._remove(k)
 
     def _remove(self, k: tuple[bytes, int]) -> None:
         entry = self._entries.pop(k)

@@ -35,12 +35,26 @@ a burst of names that all CNAME to one target sends one query for it, not one ea
 cached for `cache.FAILURE_TTL` (RFC 9520), and a delegation store bounded in entries and bytes,
 least recently used first, holding at most `MAX_NS_PER_DELEGATION` NS names per zone cut.
 IPv4 server addresses go through `upstream.Nat64` so that an IPv6-only host reaches them via NAT64.
+
+Root priming (RFC 8109): `prime` asks the hints' servers for the root's NS set and uses the NS names
+and glue of the answer from then on (the hints only find the root, section 3); it runs at start
+(from `Recursor.start`) and again whenever that NS set's TTL runs out, in the background, the old set
+serving meanwhile. A priming that fails leaves the servers as they were.
+
+QNAME minimisation (RFC 9156, relaxed as Unbound's default): a delegation's servers are asked for the
+name one label below their zone (type A, section 2.1) until a referral or the full name is reached;
+a NODATA or an answer there says "no cut here", and the next label is added. Anything else (an
+NXDOMAIN, which broken servers send for empty non-terminals, a CNAME, an error, no answer) makes the
+step ask the full name instead: that is the relaxed fallback. At most `MAX_MINIMISE_COUNT` minimised
+queries per step, the first `MINIMISE_ONE_LAB` one label at a time and the rest in even strides
+(section 2.3), so that a name of 100 labels costs at most 10 extra queries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import random
 import time
 from collections import OrderedDict
@@ -69,6 +83,8 @@ from dnsd.recursor.message import (
     parent,
 )
 
+logger = logging.getLogger(__name__)
+
 _DS, _RRSIG = 43, 46
 #: NS names kept per delegation point (Unbound keeps 16 targets per delegation point): a referral
 #: with 3,000 NS names costs what one with 16 costs.
@@ -90,7 +106,13 @@ ADDRESS_OVERHEAD = 120
 #: those are not cached.
 _OWN_FAILURES = frozenset({"budget", "zone_limit", "cancelled", "deadlock"})
 
+#: RFC 9156 section 2.3: minimised queries per step in all, and how many of them add one label each.
+MAX_MINIMISE_COUNT = 10
+MINIMISE_ONE_LAB = 4
+
 _TIMEOUT, _DEFINITE, _SKIPPED = "timeout", "definite", "skipped"
+#: RFC 8914 EDE 22, No Reachable Authority: every server of the zone failed.
+_EDE_NO_REACHABLE = 22
 
 
 @dataclass(slots=True)
@@ -124,13 +146,17 @@ class Iterator:
                  retries: int = 1, edns_size: int = upstream.EDNS_SIZE,
                  max_delegations: int = 10_000, max_delegation_bytes: int = 16 * 1024 * 1024,
                  max_per_zone: int = 100, policy: upstream.AddressPolicy | None = None,
-                 dnssec: bool = False) -> None:
+                 dnssec: bool = False, minimise: bool = True) -> None:
         self.cache = cache
+        #: RFC 9156 QNAME minimisation (relaxed), see the module docstring
+        self.minimise = minimise
         #: DNSSEC: ask with DO=1 and keep RRSIG/NSEC/NSEC3 records for the validator
         self.dnssec = dnssec
         self.infra = infra
         self.nat64 = nat64
-        self.root = Delegation(b"\x00", hints, float("inf"))
+        self.hints = Delegation(b"\x00", hints, float("inf"))
+        self.root = self.hints
+        self._priming: asyncio.Task[bool] | None = None
         self.port = port
         self.timeout = timeout
         self.retries = retries
@@ -145,20 +171,72 @@ class Iterator:
         self._fetches: dict[tuple[bytes, int], _Fetch] = {}
         self._busy: dict[bytes, int] = {}
         self._lame: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self._no_minimise: OrderedDict[bytes, float] = OrderedDict()
 
     @property
     def in_flight(self) -> int:
         """Shared steps in progress (for tests)."""
         return len(self._fetches)
 
-    async def lookup(self, qname: bytes, qtype: int, budget: Budget) -> Answer:
-        """The answer for (qname, qtype) with the CNAME/DNAME chain, following it across zones."""
+    async def prime(self) -> bool:
+        """RFC 8109: ask the hints' servers (then the current root servers) for ". NS" and adopt the
+        answer's NS names with their glue; False (nothing changed) when no server gave one."""
+        addresses = self._usable([a for addrs in self.hints.servers.values() for a in addrs])
+        for address in self._order(addresses, b"\x00"):
+            target = self.nat64.map(address)
+            if target is None:
+                continue
+            try:
+                msg = await upstream.query(target, self.port, b"\x00", NS, rd=False, infra=self.infra,
+                                           mode="iterate", wait=self.timeout, edns_size=self.edns_size)
+            except upstream.UpstreamError:
+                continue
+            ns = [rr for rr in msg.answer if rr.rtype == NS and rr.rclass == CLASS_IN and rr.owner == b"\x00"]
+            if msg.rcode != NOERROR or not msg.aa or not ns:
+                continue
+            servers: dict[bytes, list[str]] = {}
+            for rr in ns[:MAX_NS_PER_DELEGATION]:
+                servers.setdefault(key(first_name(rr.rdata)), [])
+            for rr in msg.additional:
+                if rr.rtype in (A, AAAA) and key(rr.owner) in servers:
+                    found = servers[key(rr.owner)]
+                    address_text = _address(rr)
+                    if len(found) < MAX_ADDRESSES_PER_NS and address_text not in found \
+                            and self.policy.allowed(address_text):
+                        found.append(address_text)
+            for name, found in servers.items():  # no glue: the hints may know the address
+                if not found:
+                    found.extend(self.hints.servers.get(name, []))
+            servers = {name: found for name, found in servers.items() if found}
+            if not servers:
+                continue
+            ttl = min(MAX_TTL, *(rr.ttl for rr in ns))
+            self.root = Delegation(b"\x00", servers, time.monotonic() + max(ttl, 1))
+            logger.info("primed the root: %d name servers, for %d s", len(servers), ttl)
+            return True
+        logger.warning("root priming failed: no hint server answered; using the hints")
+        return False
+
+    def reprime(self) -> asyncio.Task[bool]:
+        """Prime in the background (at start, and when the root's NS set expired: RFC 8109 section
+        4), at most one priming at a time; the task, for a caller that wants to wait."""
+        if self._priming is None or self._priming.done():
+            self._priming = asyncio.get_running_loop().create_task(self.prime())
+        return self._priming
+
+    async def close(self) -> None:
+        if self._priming is not None:
+            self._priming.cancel()
+
+    async def lookup(self, qname: bytes, qtype: int, budget: Budget, refresh: bool = False) -> Answer:
+        """The answer for (qname, qtype) with the CNAME/DNAME chain, following it across zones;
+        `refresh` (a prefetch) asks the first name's servers even while its answer is cached."""
         chain: list[RR] = []
         extra: list[RR] = []  # DNSSEC proofs of earlier steps (a wildcard-expanded CNAME's)
         name = qname
         seen = {key(name)}
         while True:
-            step = await self._shared_step(name, qtype, budget)
+            step = await self._shared_step(name, qtype, budget, refresh and name is qname)
             chain.extend(step.answer)
             if sum(1 for rr in chain if rr.rtype == CNAME) > MAX_CHAIN:
                 raise ResolveError("chain")  # links counted over the whole chain, not per response
@@ -171,9 +249,9 @@ class Iterator:
             seen.add(key(following))
             name = following
 
-    async def _shared_step(self, name: bytes, qtype: int, budget: Budget) -> Answer:
+    async def _shared_step(self, name: bytes, qtype: int, budget: Budget, refresh: bool = False) -> Answer:
         """`_step`, with one fetch per (name, type) in flight however many queries need it."""
-        cached = self.cache.get(name, qtype, count=False)  # hits are counted per client lookup
+        cached = None if refresh else self.cache.get(name, qtype, count=False)  # hits: per client lookup
         if cached is not None:
             if cached.failed:
                 raise ResolveError("failed")  # RFC 9520: not asked again for a while
@@ -201,7 +279,8 @@ class Iterator:
             return result
         except ResolveError as exc:
             if exc.reason not in _OWN_FAILURES:
-                self.cache.put_failure(name, qtype)
+                self.cache.put_failure(name, qtype, ede=_EDE_NO_REACHABLE if exc.reason == "unreachable"
+                                       else None)
             future.set_exception(exc)
             future.exception()  # waiters (if any) re-raise it themselves
             raise
@@ -240,12 +319,56 @@ class Iterator:
                 return alias
         # DS lives on the parent side of a zone cut (RFC 4035 3.1.4.1): ask above the name
         delegation = self._closest(parent(name) if qtype == _DS else name)
+        minimise = self.minimise
+        sent = 0
+        known = delegation.zone  # the longest ancestor of `name` known not to be a zone cut
         while True:
+            probe = None
+            if minimise and sent < MAX_MINIMISE_COUNT and not self._unminimised(delegation.zone):
+                probe = _minimised(known, name, sent)
+            if probe is not None:
+                known_here = self.cache.get(probe, A, count=False)
+                if known_here is not None:  # asked before: never ask a probe twice while it is cached
+                    if not known_here.failed and known_here.rcode == NOERROR \
+                            and not any(rr.rtype in (CNAME, DNAME) for rr in known_here.answer):
+                        known = probe  # no cut there
+                    else:
+                        minimise = False  # an NXDOMAIN, an alias or a failure there: the full name
+                    continue
+                sent += 1
+                try:
+                    found = await self._ask(delegation, probe, A, budget, probe=True)
+                except ResolveError as exc:
+                    if exc.reason in _OWN_FAILURES:
+                        raise
+                    found = None  # relaxed: the full name may still work (RFC 9156 section 3)
+                if found is None:
+                    self._no_minimise[key(delegation.zone)] = time.monotonic() + LAME_SECONDS
+                    while len(self._no_minimise) > MAX_LAME:
+                        self._no_minimise.popitem(last=False)
+                if isinstance(found, Delegation):
+                    budget.spend_referral()
+                    delegation = found
+                    known = found.zone
+                    continue
+                if found is not None and found.rcode == NOERROR and not any(
+                        rr.rtype in (CNAME, DNAME) for rr in found.answer):
+                    known = probe  # data or NODATA: the name exists and is no cut
+                    continue
+                minimise = False  # NXDOMAIN, an alias or a failure: ask the full name from here
+                continue
             outcome = await self._ask(delegation, name, qtype, budget)
             if isinstance(outcome, Answer):
                 return outcome
             budget.spend_referral()
             delegation = outcome
+            known = delegation.zone
+
+    def _unminimised(self, zone: bytes) -> bool:
+        """Whether `zone`'s servers failed a minimised query lately (relaxed mode: ask them the full
+        name for a while, instead of paying a failed probe on every step)."""
+        until = self._no_minimise.get(key(zone))
+        return until is not None and until > time.monotonic()
 
     def _closest(self, name: bytes) -> Delegation:
         now = time.monotonic()
@@ -258,6 +381,8 @@ class Iterator:
                     return found[0]
                 self._forget(probe)
             probe = probe[1 + probe[0]:]
+        if self.root.expires <= now:
+            self.reprime()  # the expired set keeps serving until the new one is in
         return self.root
 
     def _remember(self, delegation: Delegation) -> None:
@@ -311,7 +436,7 @@ class Iterator:
             self._lame.popitem(last=False)
 
     async def _ask(self, delegation: Delegation, name: bytes, qtype: int,
-                   budget: Budget) -> Answer | Delegation:
+                   budget: Budget, probe: bool = False) -> Answer | Delegation:
         """Ask the delegation's servers, at most `max_per_zone` such asks at once per zone."""
         zone = key(delegation.zone)
         busy = self._busy.get(zone, 0)
@@ -320,7 +445,7 @@ class Iterator:
             raise ResolveError("zone_limit")
         self._busy[zone] = busy + 1
         try:
-            return await self._ask_servers(delegation, zone, name, qtype, budget)
+            return await self._ask_servers(delegation, zone, name, qtype, budget, probe)
         finally:
             left = self._busy[zone] - 1
             if left:
@@ -329,7 +454,7 @@ class Iterator:
                 del self._busy[zone]
 
     async def _ask_servers(self, delegation: Delegation, zone: bytes, name: bytes, qtype: int,
-                           budget: Budget) -> Answer | Delegation:
+                           budget: Budget, probe: bool = False) -> Answer | Delegation:
         """Ask the delegation's servers until one gives a usable response.
 
         Each address once per round; only those that timed out get another round (a REFUSED, a
@@ -361,11 +486,15 @@ class Iterator:
             if now != float("inf") and (queue or glueless) and self._bad(address, zone, now):
                 deferred.append(address)
                 continue
-            outcome = await self._try(address, delegation, zone, name, qtype, budget)
+            outcome = await self._try(address, delegation, zone, name, qtype, budget, probe)
+            if not isinstance(outcome, str):
+                return outcome
+            if probe and outcome != _SKIPPED:
+                break  # relaxed mode: one server's failure on a minimised query ends the probe
             if outcome == _TIMEOUT:
                 retry.append(address)
-            elif not isinstance(outcome, str):
-                return outcome
+        if probe:
+            raise ResolveError("unminimised")
         for _attempt in range(self.retries):
             queue, retry = retry, []
             for address in queue:
@@ -377,7 +506,7 @@ class Iterator:
         raise ResolveError("unreachable")
 
     async def _try(self, address: str, delegation: Delegation, zone: bytes, name: bytes, qtype: int,
-                   budget: Budget) -> Answer | Delegation | str:
+                   budget: Budget, probe: bool = False) -> Answer | Delegation | str:
         """One query to one server: its outcome, or _TIMEOUT / _DEFINITE (failed) / _SKIPPED."""
         target = self.nat64.map(address)
         if target is None:
@@ -394,7 +523,8 @@ class Iterator:
             return _TIMEOUT if exc.reason == "timeout" else _DEFINITE
         outcome = self._classify(msg, delegation, name, qtype)
         if outcome is None:
-            self._mark_lame(address, zone)  # lame for this zone only (RFC 4697 2.1)
+            if not probe:  # a server may refuse minimised queries and still serve its zone
+                self._mark_lame(address, zone)  # lame for this zone only (RFC 4697 2.1)
             return _DEFINITE
         return outcome
 
@@ -506,6 +636,34 @@ class Iterator:
             pending_dname = []
         for (owner, rtype), records in groups.items():
             self.cache.put(owner, rtype, Answer(NOERROR, tuple(records), proofs))
+
+
+def _minimised(known: bytes, name: bytes, sent: int) -> bytes | None:
+    """The next minimised QNAME below `known` towards `name` (both wire, `name` at or below
+    `known`), or None when that would be `name` itself. The first MINIMISE_ONE_LAB queries add
+    one label; later ones spread the labels left over the queries left (RFC 9156 section 2.3)."""
+    labels = _labels(name)
+    have = len(_labels(known))
+    missing = len(labels) - have
+    if missing <= 1:
+        return None
+    step = 1
+    if sent >= MINIMISE_ONE_LAB:
+        left = max(1, MAX_MINIMISE_COUNT - sent)
+        step = max(1, -(-missing // (left + 1)))
+    if have + step >= len(labels):
+        return None
+    return b"".join(labels[len(labels) - have - step:]) + b"\x00"
+
+
+def _labels(name: bytes) -> list[bytes]:
+    """The length-prefixed labels of an uncompressed wire name, root excluded."""
+    out = []
+    i = 0
+    while i < len(name) and name[i]:
+        out.append(name[i:i + 1 + name[i]])
+        i += 1 + name[i]
+    return out
 
 
 def _address(rr: RR) -> str:

@@ -98,6 +98,15 @@ class Infra:
         if state.failures >= 3:
             state.down_until = time.monotonic() + min(60.0, 2.0 ** (state.failures - 2))
 
+    def answered(self, address: str, port: int) -> bool:
+        """Whether the last exchange with this server succeeded (health reporting, not routing)."""
+        state = self._servers.get((address, port))
+        return state is not None and state.failures == 0 and state.rtt != UNKNOWN_RTT
+
+    def seen(self) -> list[tuple[str, int]]:
+        """Every server with a state, for health reporting."""
+        return list(self._servers)
+
     def up(self, address: str, port: int) -> bool:
         state = self._servers.get((address, port))
         return state is None or state.down_until <= time.monotonic()

@@ -77,10 +77,15 @@ class Key:
         return hmac.new(self.secret, data, ALGORITHMS[self.algorithm]).digest()
 
 
+_COMMENT_RE = re.compile(r'"[^"]*"|(?:#|//)[^\n]*|/\*.*?\*/', re.S)
+
+
 def parse_key_text(text: str, origin: str) -> list[Key]:
     """Every key in a `tsig-keygen` style text."""
     keys: list[Key] = []
-    body = re.sub(r"(#|//)[^\n]*", "", text)
+    # Comments (#, //, /* */) are dropped, but never inside a quoted string: a base64 secret may hold
+    # "//" (about one key in a hundred), and cutting it there made a good key file unreadable.
+    body = _COMMENT_RE.sub(lambda m: m.group(0) if m.group(0).startswith('"') else " ", text)
     for match in _KEY_RE.finditer(body):
         name = match.group(1).rstrip(".").lower()
         alg = _ALG_RE.search(match.group(2))

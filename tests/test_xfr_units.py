@@ -172,6 +172,12 @@ def test_key_files_as_tsig_keygen_writes_them(algorithm: str) -> None:
            f'key other {{ algorithm {algorithm}; secret "{SECRET}"; }};\n'
     keys = tsig.parse_key_text(text, "test")
     assert [(k.name, k.algorithm) for k in keys] == [("xfr-key", algorithm), ("other", algorithm)]
+    # a base64 secret may hold "//": comment markers count only outside quoted strings
+    slashes = base64.b64encode(b"\xff\xff\xff" * 8 + b"key").decode()
+    assert "//" in slashes
+    text = f'/* made by tsig-keygen */ key "k" {{ // the key\n algorithm {algorithm}; secret "{slashes}"; }};\n'
+    (key,) = tsig.parse_key_text(text, "test")
+    assert key.secret == base64.b64decode(slashes)
     for bad in ('key "k" { algorithm hmac-md5; secret "AAAA"; };', 'key "k" { algorithm hmac-sha256; };',
                 'key "k" { algorithm hmac-sha256; secret "not base64!"; };', "nothing here"):
         with pytest.raises(tsig.KeyFileError):

@@ -291,13 +291,7 @@ class Recursor:
         k = (key(name), qtype)
         pending = self._judging.get(k)
         if pending is not None:
-            try:
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                raise ResolveError("cancelled") from None
+            return await _join(pending)
         judged_meanwhile = self.cache.get(name, qtype, count=False)  # while this task waited to resume
         if judged_meanwhile is not None and judged_meanwhile.security != dnssec_validator.UNCHECKED:
             return judged_meanwhile
@@ -346,13 +340,7 @@ class Recursor:
         k = (key(name), qtype)
         pending = self._inflight.get(k)
         if pending is not None:
-            try:
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # we ourselves are being cancelled
-                raise ResolveError("cancelled") from None  # the lookup we joined was cancelled
+            return await _join(pending)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[k] = future
         return await self._fetch_into(name, qtype, k, future)
@@ -583,6 +571,17 @@ def _settled(tasks: set[asyncio.Task[Answer]]) -> Any:
             task.exception()
 
     return done
+
+
+async def _join(pending: asyncio.Future[Answer]) -> Answer:
+    """Wait for a lookup (or judgement) another query started; its cancellation is not ours."""
+    try:
+        return await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we ourselves are being cancelled
+        raise ResolveError("cancelled") from None  # the lookup we joined was cancelled
 
 
 def _fail(future: asyncio.Future[Answer], exc: Exception) -> None:

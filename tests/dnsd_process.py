@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -177,6 +179,24 @@ class DnsdProcess:
         if tcp:
             return dns.query.tcp(message, where, port=port, timeout=timeout)
         return dns.query.udp(message, where, port=port, timeout=timeout)
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """One length-prefixed DNS message from a TCP socket (RFC 7766 framing); ConnectionError when closed."""
+    header = b""
+    while len(header) < 2:
+        chunk = sock.recv(2 - len(header))
+        if not chunk:
+            raise ConnectionError("closed")
+        header += chunk
+    (length,) = struct.unpack("!H", header)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            raise ConnectionError("closed")
+        body += chunk
+    return body
 
 
 def rrset_texts(message: dns.message.Message, section: str = "answer") -> list[str]:

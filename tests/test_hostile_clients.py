@@ -39,7 +39,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests.dnsd_process import DnsdProcess
+from tests.dnsd_process import DnsdProcess, read_frame
 from tests.hierarchy import require
 from tests.started_dnsd import free_port
 
@@ -73,23 +73,6 @@ def rss_kib(proc: DnsdProcess) -> int:
 
 def frame(message: bytes) -> bytes:
     return struct.pack("!H", len(message)) + message
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 2:
-        chunk = sock.recv(2 - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    (length,) = struct.unpack("!H", data)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("closed")
-        body += chunk
-    return body
 
 
 def drain(sock: socket.socket) -> int:

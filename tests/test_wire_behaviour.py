@@ -17,7 +17,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.dnsd_process import DnsdProcess, rdata_texts
+from tests.dnsd_process import DnsdProcess, rdata_texts, read_frame
 
 Z = "c2.k8s.ooo"
 
@@ -186,29 +186,12 @@ def _tcp_frame(message: dns.message.Message) -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
-def _read_frame(sock: socket.socket) -> bytes:
-    header = b""
-    while len(header) < 2:
-        chunk = sock.recv(2 - len(header))
-        if not chunk:
-            raise ConnectionError("closed")
-        header += chunk
-    (length,) = struct.unpack("!H", header)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("closed")
-        body += chunk
-    return body
-
-
 def test_tcp_pipelining_answers_every_query_on_one_connection(example_dnsd: DnsdProcess) -> None:
     names = [f"sample-service.default.svc.{Z}", f"frontend.shop.svc.{Z}", f"db.shop.svc.{Z}", Z]
     queries = [dns.message.make_query(n, "AAAA") for n in names]
     with socket.create_connection((example_dnsd.host, example_dnsd.port), timeout=3) as sock:
         sock.sendall(b"".join(_tcp_frame(q) for q in queries))  # all before reading any answer
-        replies = [dns.message.from_wire(_read_frame(sock)) for _ in queries]
+        replies = [dns.message.from_wire(read_frame(sock)) for _ in queries]
     assert sorted(r.id for r in replies) == sorted(q.id for q in queries)
     by_id = {r.id: r for r in replies}
     assert rdata_texts(by_id[queries[0].id], "AAAA") == ["2001:db8:42::10"]
@@ -220,7 +203,7 @@ def test_tcp_idle_connections_are_closed() -> None:
     with DnsdProcess(*EXAMPLE_ARGS, "--tcp-idle-timeout", "0.5") as proc, \
             socket.create_connection((proc.host, proc.port), timeout=5) as sock:
         sock.sendall(_tcp_frame(dns.message.make_query(Z, "SOA")))
-        assert dns.message.from_wire(_read_frame(sock)).rcode() == dns.rcode.NOERROR
+        assert dns.message.from_wire(read_frame(sock)).rcode() == dns.rcode.NOERROR
         started = time.monotonic()
         assert sock.recv(1) == b""  # the server closed the idle connection
         assert 0.3 < time.monotonic() - started < 3

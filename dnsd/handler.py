@@ -90,7 +90,10 @@ MAX_NEGATIVE_KEYS = 16_384
 MAX_ACL_ENTRIES = 65_536
 
 _FLAG_EDNS, _FLAG_DO, _FLAG_CD, _FLAG_RECURSE, _FLAG_AD = 1, 2, 4, 8, 16
+_FLAG_EDNS_DO = _FLAG_EDNS | _FLAG_DO
 _OPT_TYPE = b"\x00\x29"
+#: The key's last octet, one bytes object per flag combination (no bytes((flags,)) per query).
+_FLAG_BYTES = tuple(bytes((flags,)) for flags in range(256))
 _ONE_QUESTION_ONLY = b"\x00\x01\x00\x00\x00\x00"
 
 #: An async iterator is a multi-message answer (a zone transfer), written message by message over TCP.
@@ -507,45 +510,56 @@ class Handler:
         authority records, at most an OPT of version 0 whose options tile its rdata, nothing after.
         """
         length = len(data)
-        if length < 17 or data[2] & 0xFE or data[4:10] != _ONE_QUESTION_ONLY:
+        if length < 17 or data[2] & 0xFE or not data.startswith(_ONE_QUESTION_ONLY, 4):
             return None
         end = data.find(0, 12)
         if end < 0:
             return None
         qend = end + 5
-        arcount = data[11] | (data[10] << 8)
+        if data[10]:
+            return None
+        arcount = data[11]
         if arcount == 0:
             if length != qend:
                 return None
             flags, limit = 0, wire.CLASSIC_UDP_SIZE
         elif arcount == 1:
-            if length < qend + 11 or data[qend] != 0 or data[qend + 1 : qend + 3] != _OPT_TYPE:
-                return None
-            if data[qend + 6]:  # EDNS version: BADVERS is the slow path's business
-                return None
-            rdlength = (data[qend + 9] << 8) | data[qend + 10]
-            if qend + 11 + rdlength != length:
-                return None
-            option = qend + 11
-            while option < length:
-                if option + 4 > length:
+            options = qend + 11
+            if length < options or data[qend] or not data.startswith(_OPT_TYPE, qend + 1) or data[qend + 6]:
+                return None  # not a root OPT, or an EDNS version above 0 (BADVERS: the slow path's business)
+            if length != options:  # options present: they must tile the rdata exactly
+                if options + ((data[qend + 9] << 8) | data[qend + 10]) != length:
                     return None
-                option += 4 + ((data[option + 2] << 8) | data[option + 3])
-            if option != length:
-                return None
-            flags = _FLAG_EDNS | (_FLAG_DO if data[qend + 7] & 0x80 else 0)
-            size = (data[qend + 3] << 8) | data[qend + 4]
-            limit = max(wire.CLASSIC_UDP_SIZE, min(size, self.edns_size))
+                while options < length:
+                    if options + 4 > length:
+                        return None
+                    options += 4 + ((data[options + 2] << 8) | data[options + 3])
+                if options != length:
+                    return None
+            elif data[qend + 9] or data[qend + 10]:
+                return None  # an rdata length the packet does not hold
+            flags = _FLAG_EDNS_DO if data[qend + 7] & 0x80 else _FLAG_EDNS
+            limit = (data[qend + 3] << 8) | data[qend + 4]
+            if limit > self.edns_size:
+                limit = self.edns_size
+            if limit < wire.CLASSIC_UDP_SIZE:
+                limit = wire.CLASSIC_UDP_SIZE
         else:
             return None
-        if data[3] & 0x10:
-            flags |= _FLAG_CD
-        if data[3] & 0x20:  # AD in a query asks for AD in the answer (RFC 6840 5.7): part of the key
-            flags |= _FLAG_AD
+        if data[3] & 0x30:
+            if data[3] & 0x10:
+                flags |= _FLAG_CD
+            if data[3] & 0x20:  # AD in a query asks for AD in the answer (RFC 6840 5.7): part of the key
+                flags |= _FLAG_AD
         if self.acl.allows(host):
             flags |= _FLAG_RECURSE
-        # Only the name folds case: the type and class octets are numbers (65, HTTPS, is "A").
-        return data[12 : end + 1].lower() + data[end + 1 : qend] + bytes((flags,)), qend, limit
+        # Only the name folds case: the type and class octets are numbers (65, HTTPS, is "A"). Most
+        # questions come in lower case, and then the question as sent is the key (one slice, no copy).
+        question = data[12:qend]
+        lowered = question.lower()
+        if lowered is not question and lowered != question:
+            question = lowered[: end - 11] + question[end - 11 :]
+        return question + _FLAG_BYTES[flags], qend, limit
 
     def fast(self, data: bytes, host: str, tcp: bool) -> bytes | None:
         """A stored response patched for this query, or None when the slow path must decide."""
@@ -562,8 +576,7 @@ class Handler:
                 return None
             labels = tcp_labels if tcp else udp_labels
             reply = b"".join((data[:2], heads[data[2] & 1], data[12:qend], tail))
-            self.stats.count(labels)
-            self.stats.observe(labels[3], time.perf_counter() - started)
+            self.stats.answered(labels, time.perf_counter() - started)
             return reply
         if key[-1] & _FLAG_RECURSE and (cached := self._recursive.get(key)) is not None:
             # a cached recursive answer, TTLs counted down
@@ -580,8 +593,7 @@ class Handler:
         reply = b"".join((
             data[:2], bytes((template[2] | (data[2] & 1),)), template[3:12], data[12:qend], template[qend:],
         ))
-        self.stats.count(labels)
-        self.stats.observe(labels[3], time.perf_counter() - started)
+        self.stats.answered(labels, time.perf_counter() - started)
         return reply
 
     def _serve_negative(self, key: bytes, data: bytes, qend: int, limit: int, tcp: bool,
@@ -602,8 +614,7 @@ class Handler:
             return None
         reply = template.reply(data, qend)
         stat = template.tcp_labels if tcp else template.udp_labels
-        self.stats.count(stat)
-        self.stats.observe(stat[3], time.perf_counter() - started)
+        self.stats.answered(stat, time.perf_counter() - started)
         return reply
 
     def _negative_verdict(self, key: bytes) -> Verdict | None:
@@ -886,8 +897,8 @@ class Handler:
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:
-        self.stats.count((transport, qtype_label(query.qtype), rcode_label(rcode), source))
-        self.stats.observe(source, time.perf_counter() - started)
+        self.stats.answered((transport, qtype_label(query.qtype), rcode_label(rcode), source),
+                            time.perf_counter() - started)
         if self._query_log_sample and random.random() < self._query_log_sample:
             query_logger.info("client=%s transport=%s qname=%s qtype=%d rcode=%s source=%s bytes=%d",
                               host, transport, query.qname or ".", query.qtype, rcode_label(rcode),

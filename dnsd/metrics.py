@@ -56,12 +56,11 @@ Snapshot = tuple[dict[Any, Any], ...]
 class QueryStats:
     """Hot-path counters: plain integers, read by the collector at scrape time."""
 
-    __slots__ = ("buckets", "dropped", "latency_count", "latency_sum", "peers", "queries", "rrl")
+    __slots__ = ("buckets", "dropped", "latency_sum", "peers", "queries", "rrl")
 
     def __init__(self) -> None:
         self.queries: dict[tuple[str, ...], int] = {}
         self.latency_sum: dict[str, float] = {}
-        self.latency_count: dict[str, int] = {}
         self.buckets: dict[str, list[int]] = {}
         self.dropped: dict[str, int] = {}
         self.rrl: dict[str, int] = {}
@@ -70,7 +69,7 @@ class QueryStats:
 
     def snapshot(self) -> Snapshot:
         """Plain copies of the counters, for a worker to send to the watching process."""
-        return (dict(self.queries), dict(self.latency_sum), dict(self.latency_count),
+        return (dict(self.queries), dict(self.latency_sum),
                 {k: list(v) for k, v in self.buckets.items()}, dict(self.dropped), dict(self.rrl))
 
     def merged(self) -> QueryStats:
@@ -78,10 +77,9 @@ class QueryStats:
         if not self.peers:
             return self
         total = QueryStats()
-        for queries, latency_sum, latency_count, buckets, dropped, rrl in (self.snapshot(), *self.peers.values()):
+        for queries, latency_sum, buckets, dropped, rrl in (self.snapshot(), *self.peers.values()):
             for target, source in ((total.queries, queries), (total.latency_sum, latency_sum),
-                                   (total.latency_count, latency_count), (total.dropped, dropped),
-                                   (total.rrl, rrl)):
+                                   (total.dropped, dropped), (total.rrl, rrl)):
                 for key, value in source.items():
                     target[key] = target.get(key, 0) + value
             for key, counts in buckets.items():
@@ -90,26 +88,25 @@ class QueryStats:
                     mine[i] += count
         return total
 
-    def count(self, key: tuple[str, ...]) -> None:
-        """One answered query: (transport, qtype label, rcode label, source[, fast-path kind]).
+    def answered(self, key: tuple[str, ...], seconds: float) -> None:
+        """One answered query, `key` = (transport, qtype label, rcode label, source[, fast-path kind]),
+        and its latency, observed under `source`.
 
-        The handler's fast path passes a fifth label saying which kind of fast answer it was
-        ("stored", "template", "cached"), so that `dnsd_fast_path_answers_total` costs the hot path
-        nothing beyond the count it makes anyway; slow-path answers have four.
+        One call for both, since every answer makes both (the fast path's cost is counted in calls).
+        The fast path passes a fifth label saying which kind of fast answer it was ("stored",
+        "template", "cached"), so that `dnsd_fast_path_answers_total` costs nothing beyond this
+        count; slow-path answers have four. The histogram's count is the sum of its buckets, so it
+        is not kept apart.
         """
         queries = self.queries
         queries[key] = queries.get(key, 0) + 1
-
-    def observe(self, source: str, seconds: float) -> None:
-        """One latency sample for `source`."""
+        source = key[3]
         buckets = self.buckets.get(source)
         if buckets is None:
             buckets = self.buckets[source] = [0] * (len(LATENCY_BUCKETS) + 1)
             self.latency_sum[source] = 0.0
-            self.latency_count[source] = 0
         buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum[source] += seconds
-        self.latency_count[source] += 1
 
     def drop(self, reason: str) -> None:
         """A packet not answered (garbage, a response, rate limited)."""
@@ -269,7 +266,8 @@ UPSTREAM_FAILURES = Counter(
 LIMIT_HITS = Counter(
     "dnsd_limit_hits_total",
     "Work refused because a limit was reached, by limit (tcp_connections, tcp_per_client, "
-    "tcp_write_stalled, recursion_outstanding, recursion_per_client, recursion_per_zone, recursion_jostled)",
+    "tcp_write_stalled, udp_send_queue, recursion_outstanding, recursion_per_client, recursion_per_zone, "
+    "recursion_jostled)",
     ["limit"],
 )
 TCP_CONNECTIONS = Gauge("dnsd_tcp_connections", "TCP connections open")

@@ -136,7 +136,7 @@ class UdpListener:
             reply = respond(data, addr[0], False)
             if reply is None:
                 continue
-            if type(reply) is bytes:
+            if isinstance(reply, bytes):
                 if self._queued:
                     self._queue(reply, addr)
                     continue

@@ -1,0 +1,99 @@
+"""A loopback delegation for `dnsd check` (127.55.0.0/16, port 53): Knot as the root and as `test.`.
+
+The root delegates `test.` to `ns1.nic.test.` (127.55.0.2); `test.` holds whatever delegations the
+test writes into it (NS, glue, DS of the zones dnsd is configured for), so that one hierarchy serves
+every case: a consistent delegation, a missing or wrong DS, wrong NS or glue, no delegation at all.
+dnsd itself need not run: `dnsd check` compares the parent with dnsd's configuration. Each server is
+its own knotd on its own address, as in `tests/hierarchy.py`, whose helpers this module reuses.
+Requires root (port 53) and the Debian package knot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.hierarchy import MissingTool, _knot_conf, free_loopback, require
+from tests.signed_hierarchy import _wait_soa
+
+NET = "127.55.0."
+ROOT = NET + "1"
+TLD = NET + "2"
+#: an address nothing listens on (the kernel answers "port unreachable"): a parent that is down
+SILENT = NET + "99"
+#: where a test may run a hostile root of its own
+HOSTILE = NET + "98"
+
+
+def hints(address: str = ROOT) -> str:
+    return f". 3600000 NS a.root-servers.test.\na.root-servers.test. 3600000 A {address}\n"
+
+
+@dataclass
+class CheckHierarchy:
+    """Root and `test.` on loopback; `delegations` is appended to the `test.` zone file."""
+
+    delegations: str
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dnsd-check-")))
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def hints_file(self, address: str = ROOT) -> str:
+        path = self.workdir / f"root-{address}.hints"
+        path.write_text(hints(address))
+        return str(path)
+
+    def start(self) -> CheckHierarchy:
+        if os.geteuid() != 0:
+            raise MissingTool("the check hierarchy binds port 53: run the tests as root")
+        if not free_loopback(ROOT) or not free_loopback(TLD):
+            raise MissingTool(f"port 53 on {ROOT} or {TLD} is taken (a previous run left a server behind?)")
+        knotd = require("knotd")
+        zones = {
+            ROOT: (".", f"""$ORIGIN .
+$TTL 86400
+. SOA a.root-servers.test. hostmaster.test. 1 1800 900 604800 86400
+. NS a.root-servers.test.
+a.root-servers.test. A {ROOT}
+test. NS ns1.nic.test.
+ns1.nic.test. A {TLD}
+"""),
+            TLD: ("test.", f"""$ORIGIN test.
+$TTL 3600
+@ SOA ns1.nic.test. hostmaster.test. 1 1800 900 604800 300
+@ NS ns1.nic.test.
+ns1.nic A {TLD}
+""" + self.delegations),
+        }
+        try:
+            for address, (name, body) in zones.items():
+                directory = self.workdir / address
+                directory.mkdir()
+                file_name = "root.zone" if name == "." else f"{name.rstrip('.')}.zone"
+                (directory / file_name).write_text(body)
+                conf = directory / "knot.conf"
+                conf.write_text(_knot_conf(directory, address, {name: body}))
+                self.processes.append(subprocess.Popen(
+                    [knotd, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                    stderr=open(directory / "knot.log", "wb")))  # noqa: SIM115
+            for address, (name, _) in zones.items():
+                _wait_soa(address, name)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -148,7 +148,8 @@ def parent_keys(keys: Iterable[Key], zone: str, now: float) -> list[Key]:
 
 
 def expected(config: Config, keys: list[Key] | None, now: float | None = None) -> list[Expected]:
-    """Every zone dnsd serves (forward, then reverse) with what its parent should hold.
+    """Every zone dnsd serves (forward, then the reverse zones of published networks) with what its
+    parent should hold.
 
     `keys` is the content of `--dnssec-keys` (None when the zones are not signed); a zone without a key
     there is not signed (the signer signs only zones it has keys for), so its parent must have no DS.
@@ -158,7 +159,10 @@ def expected(config: Config, keys: list[Key] | None, now: float | None = None) -
 
     now = time.time() if now is None else now
     allows = Publication(config.publish_networks).allows
-    zones = list(config.all_zones) + [reverse_apex(net) for net in config.reverse_zone]
+    # A reverse zone of a network the Internet never receives (10.96.0.0/16 and other private ones by
+    # default) has no delegation on the Internet to check.
+    zones = list(config.all_zones) + [reverse_apex(net) for net in config.reverse_zone
+                                      if allows(str(net.network_address))]
     names = tuple(dict.fromkeys(ns.name for ns in config.nameserver))
     out = []
     for zone in zones:
@@ -426,7 +430,7 @@ class Checker:
                     servers = await self._next_servers(msg, referral, owner_text)
                     cut = owner_text
                     continue
-                raise CheckError(f"{_dotted(cut)} gave a referral to {owner_text}., which is not on the way "
+                raise CheckError(f"the servers of {_dotted(cut)} gave a referral to {owner_text}., which is not on the way "
                                  f"to {zone}.")
             if msg.rcode in (NOERROR, NXDOMAIN) and msg.aa and not msg.answer:
                 # The zone does not exist in the parent: no delegation. The SOA owner names the parent.

@@ -430,8 +430,8 @@ class Checker:
                     servers = await self._next_servers(msg, referral, owner_text)
                     cut = owner_text
                     continue
-                raise CheckError(f"the servers of {_dotted(cut)} gave a referral to {owner_text}., which is not on the way "
-                                 f"to {zone}.")
+                raise CheckError(f"the servers of {_dotted(cut)} gave a referral to {owner_text}., which "
+                                 f"is not on the way to {zone}.")
             if msg.rcode in (NOERROR, NXDOMAIN) and msg.aa and not msg.answer:
                 # The zone does not exist in the parent: no delegation. The SOA owner names the parent.
                 soa = [rr for rr in msg.authority if rr.rtype == SOA]

@@ -58,6 +58,8 @@ TRIES = 2
 #: Referral depth and queries per zone: a loop or a hostile hierarchy cannot keep the check going.
 MAX_DEPTH = 16
 MAX_QUERIES = 200
+#: Seconds from start to the server's first periodic check (see `run_periodically`).
+FIRST_DELAY = 300.0
 
 
 class CheckError(Exception):
@@ -522,12 +524,16 @@ def print_reports(reports: list[ZoneReport]) -> int:
 
 
 async def run_periodically(config: Config, interval: float) -> None:
-    """Check every `interval` seconds, first right away; log when a zone's result changes, set the gauge.
+    """Check every `interval` seconds, the first time `FIRST_DELAY` (or `interval`, when shorter) after
+    start; log when a zone's result changes, set the gauge.
 
-    Never raises (a failure is logged and counts as "not OK"), so that it cannot stop the server, and
-    never touches readiness: a parent that is wrong or unreachable is the operator's to fix.
+    The delay keeps start-up (and every short-lived test server that iterates from loopback hints, whose
+    upstreams count their queries) free of these queries. Never raises (a failure is logged and counts as
+    "not OK"), so that it cannot stop the server, and never touches readiness: a parent that is wrong or
+    unreachable is the operator's to fix.
     """
     last: dict[str, bool] = {}
+    await asyncio.sleep(min(interval, FIRST_DELAY))
     while True:
         try:
             reports = await run_once(config)

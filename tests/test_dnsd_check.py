@@ -324,10 +324,19 @@ def test_gauge_is_1_for_a_consistent_delegation_and_0_for_a_wrong_ds(
         assert proc.query("good.test", "SOA").rcode() == 0  # never a readiness or serving condition
 
 
-def test_gauge_is_absent_when_the_check_is_off(delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:
+@pytest.mark.parametrize("mode", ["interval-0", "forward-mode"])
+def test_no_periodic_check_when_off_or_forwarding(delegation: tuple[CheckHierarchy, dict[str, Case]],
+                                                 mode: str) -> None:
+    """With interval 1 the first check is done within about a second (the test above); here none is:
+    turned off, or in forward mode without --root-hints (there is no root to walk from)."""
     hierarchy, cases = delegation
-    flags = _flags(hierarchy, cases["good"], "--delegation-check-interval", "0")
+    flags = ["--zone", "good.test", "--source", f"file:{EXAMPLE_MANIFESTS}", "--nameserver", f"ns1.good.test={GLUE}",
+             "--publish-networks", "127.55.0.0/16", "--dnssec-keys", str(cases["good"].keys)]
+    if mode == "interval-0":
+        flags += ["--root-hints", hierarchy.hints_file(), "--delegation-check-interval", "0"]
+    else:
+        flags += ["--recursion", "forward", "--forwarder", SILENT, "--delegation-check-interval", "1"]
     with DnsdProcess(*flags, http="127.0.0.1:0") as proc:
-        time.sleep(1)
+        time.sleep(4)
         assert proc.metric_samples("dnsd_delegation_ok") == []
         assert "delegation of" not in proc.output()

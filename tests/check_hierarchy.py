@@ -1,8 +1,10 @@
 """A loopback delegation for `dnsd check` (127.55.0.0/16, port 53): Knot as the root and as `test.`.
 
-The root delegates `test.` to `ns1.nic.test.` (127.55.0.2); `test.` holds whatever delegations the
-test writes into it (NS, glue, DS of the zones dnsd is configured for), so that one hierarchy serves
-every case: a consistent delegation, a missing or wrong DS, wrong NS or glue, no delegation at all.
+The root delegates `test.` to `ns1.nic.test.` (127.55.0.2) and `ns2.nic.test.` (127.55.0.3); `test.`
+holds whatever delegations the test writes into it (NS, glue, DS of the zones dnsd is configured for),
+so that one hierarchy serves every case: a consistent delegation, a missing or wrong DS, wrong NS or
+glue, no delegation at all. The second server may be given other delegations, as a secondary that has
+not caught up would hold, so that parent servers that disagree with each other can be tested.
 dnsd itself need not run: `dnsd check` compares the parent with dnsd's configuration. Each server is
 its own knotd on its own address, as in `tests/hierarchy.py`, whose helpers this module reuses.
 Requires root (port 53) and the Debian package knot.
@@ -23,6 +25,8 @@ from tests.signed_hierarchy import _wait_soa
 NET = "127.55.0."
 ROOT = NET + "1"
 TLD = NET + "2"
+#: the second server of `test.`, which may hold other delegations (a secondary that is behind)
+TLD2 = NET + "3"
 #: an address nothing listens on (the kernel answers "port unreachable"): a parent that is down
 SILENT = NET + "99"
 #: where a test may run a hostile root of its own
@@ -35,9 +39,11 @@ def hints(address: str = ROOT) -> str:
 
 @dataclass
 class CheckHierarchy:
-    """Root and `test.` on loopback; `delegations` is appended to the `test.` zone file."""
+    """Root and `test.` on loopback; `delegations` is appended to the `test.` zone file (`second`, when
+    given, to the second server's copy instead)."""
 
     delegations: str
+    second: str | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dnsd-check-")))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -49,9 +55,17 @@ class CheckHierarchy:
     def start(self) -> CheckHierarchy:
         if os.geteuid() != 0:
             raise MissingTool("the check hierarchy binds port 53: run the tests as root")
-        if not free_loopback(ROOT) or not free_loopback(TLD):
-            raise MissingTool(f"port 53 on {ROOT} or {TLD} is taken (a previous run left a server behind?)")
+        if not all(free_loopback(a) for a in (ROOT, TLD, TLD2)):
+            raise MissingTool(f"port 53 on {ROOT}, {TLD} or {TLD2} is taken (a previous run left a server behind?)")
         knotd = require("knotd")
+        tld = f"""$ORIGIN test.
+$TTL 3600
+@ SOA ns1.nic.test. hostmaster.test. 1 1800 900 604800 300
+@ NS ns1.nic.test.
+@ NS ns2.nic.test.
+ns1.nic A {TLD}
+ns2.nic A {TLD2}
+"""
         zones = {
             ROOT: (".", f"""$ORIGIN .
 $TTL 86400
@@ -59,14 +73,12 @@ $TTL 86400
 . NS a.root-servers.test.
 a.root-servers.test. A {ROOT}
 test. NS ns1.nic.test.
+test. NS ns2.nic.test.
 ns1.nic.test. A {TLD}
+ns2.nic.test. A {TLD2}
 """),
-            TLD: ("test.", f"""$ORIGIN test.
-$TTL 3600
-@ SOA ns1.nic.test. hostmaster.test. 1 1800 900 604800 300
-@ NS ns1.nic.test.
-ns1.nic A {TLD}
-""" + self.delegations),
+            TLD: ("test.", tld + self.delegations),
+            TLD2: ("test.", tld + (self.delegations if self.second is None else self.second)),
         }
         try:
             for address, (name, body) in zones.items():

@@ -26,7 +26,7 @@ import pytest
 from dnsd import check
 from dnsd.config import from_mapping
 from dnsd.dnssec import keys as dnssec_keys
-from tests.check_hierarchy import HOSTILE, ROOT, SILENT, TLD, CheckHierarchy
+from tests.check_hierarchy import HOSTILE, ROOT, SILENT, TLD, TLD2, CheckHierarchy
 from tests.dnsd_process import EXAMPLE_MANIFESTS, REPO, DnsdProcess
 from tests.hierarchy import MissingTool, free_loopback
 
@@ -37,7 +37,7 @@ OTHER_GLUE = "127.55.0.11"
 def _port53_or_skip() -> None:
     if os.geteuid() != 0:
         pytest.skip("the check hierarchy binds port 53 on loopback: run the tests as root")
-    for address in (ROOT, TLD):
+    for address in (ROOT, TLD, TLD2):
         if not free_loopback(address):
             pytest.skip(f"port 53 on {address} cannot be bound")
 
@@ -61,7 +61,7 @@ def delegation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Check
     _port53_or_skip()
     base = tmp_path_factory.mktemp("check-keys")
     cases: dict[str, Case] = {}
-    for name in ("good", "nods", "wrongds", "timed"):
+    for name in ("good", "nods", "wrongds", "timed", "split"):
         zone = f"{name}.test"
         cases[name] = Case(zone, base / name, _keygen(zone, base / name))
     other = _keygen("wrongds.test", base / "elsewhere")  # a key dnsd does not have
@@ -85,7 +85,11 @@ def delegation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Check
     delegations += cases["good"].ds + "\n" + cases["timed"].ds + "\n" + other + "\n"
     delegations += "unsigned.test. IN DS 12345 13 2 " + "AB" * 32 + "\n"
     delegations += f"badns NS ns1.badns.test.\nbadns NS ns2.badns.test.\nns1.badns A {OTHER_GLUE}\nns2.badns A {GLUE}\n"
-    hierarchy = CheckHierarchy(delegations)
+    # split.test: the first server of test. has its DS, the second (a secondary behind) not yet
+    delegations += f"split NS ns1.split.test.\nns1.split A {GLUE}\n"
+    second = delegations
+    delegations += cases["split"].ds + "\n"
+    hierarchy = CheckHierarchy(delegations, second)
     try:
         hierarchy.start()
     except MissingTool as exc:
@@ -118,7 +122,7 @@ def test_consistent_delegation_exits_0_with_ok_lines(delegation: tuple[CheckHier
     status, out = _check(_flags(hierarchy, case))
     assert status == 0, out
     ds = case.ds.split(" IN DS ", 1)[1]
-    assert "; good.test.: parent zone test., servers ns1.nic.test. (127.55.0.2)" in out
+    assert f"; good.test.: parent zone test., servers ns1.nic.test. ({TLD}), ns2.nic.test. ({TLD2})" in out
     assert "OK good.test. NS: parent has ns1.good.test.; dnsd has ns1.good.test." in out
     assert f"OK good.test. glue ns1.good.test.: parent has {GLUE}; dnsd has {GLUE}" in out
     assert f"OK good.test. DS: parent has {ds}; dnsd has {ds}" in out
@@ -158,6 +162,21 @@ def test_wrong_ns_and_glue_exit_1_with_the_ns_and_glue_to_paste(
     assert f"MISMATCH badns.test. glue ns1.badns.test.: parent has {OTHER_GLUE}; dnsd has {GLUE}" in out
     assert "OK badns.test. DS: parent has none; dnsd has none (the zone is not signed)" in out
     assert out.splitlines()[-2:] == ["badns.test. IN NS ns1.badns.test.", f"ns1.badns.test. IN A {GLUE}"]
+
+
+def test_parent_servers_that_disagree_are_reported_in_groups(
+        delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:
+    hierarchy, cases = delegation
+    case = cases["split"]
+    status, out = _check(_flags(hierarchy, case))
+    assert status == 1, out
+    lines = out.splitlines()
+    ds = case.ds.split(" IN DS ", 1)[1]
+    first = lines.index(f"; parent servers ns1.nic.test. ({TLD}):")
+    second = lines.index(f"; parent servers ns2.nic.test. ({TLD2}):")
+    assert f"OK split.test. DS: parent has {ds}; dnsd has {ds}" in lines[first:second]
+    assert f"MISSING split.test. DS: parent has none; dnsd has {ds}" in lines[second:]
+    assert lines[-1] == case.ds
 
 
 def test_ds_for_a_zone_dnsd_does_not_sign_is_a_mismatch(delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:

@@ -109,6 +109,7 @@ class ZoneReport:
     servers: list[str] = field(default_factory=list)  # "name (address)" of every parent server asked
     groups: list[tuple[list[str], list[Finding]]] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)  # "name (address): reason"
+    no_route: list[str] = field(default_factory=list)  # "name (address)" this host has no route to
     error: str | None = None
     fix: list[str] = field(default_factory=list)
 
@@ -129,6 +130,8 @@ class ZoneReport:
                 out.append(f"; parent servers {', '.join(servers)}:")
             out.extend(f.line(self.zone) for f in findings)
         out.extend(f"UNREACHABLE {self.zone}. parent server {u}" for u in self.unreachable)
+        if self.no_route:
+            out.append(f"; not asked (no route from here): {', '.join(self.no_route)}")
         if not self.ok and self.fix:
             out.append(f"; records for the parent zone {_dotted(self.parent_zone)} to hold for {self.zone}.:")
             out.extend(self.fix)
@@ -365,26 +368,41 @@ class Checker:
         report.parent_zone = parent_zone
         views: dict[str, list[str]] = {}  # findings as text -> servers
         by_text: dict[str, list[Finding]] = {}
+        asked: list[tuple[str, str]] = []
         for server in servers:
             for address in server.addresses:
                 label = f"{server.name}. ({address})"
-                report.servers.append(label)
-                try:
-                    view = await self._parent_view(address, want.zone)
-                except CheckError as exc:
-                    report.unreachable.append(f"{label}: {exc}")
-                    continue
-                findings = compare(want, view)
-                text = "\n".join(f.line(want.zone) for f in findings)
-                views.setdefault(text, []).append(label)
-                by_text[text] = findings
+                if self._routable(address):
+                    asked.append((label, address))
+                else:  # an IPv6 address from an IPv4-only pod, say: not the parent's fault
+                    report.no_route.append(label)
+        report.servers = [label for label, _ in asked]
+        # every parent server at once: a TLD has a dozen addresses, and some may time out
+        results = await asyncio.gather(*(self._parent_view(address, want.zone) for _, address in asked),
+                                       return_exceptions=True)
+        for (label, _), result in zip(asked, results, strict=True):
+            if isinstance(result, CheckError):
+                report.unreachable.append(f"{label}: {result}")
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            findings = compare(want, result)
+            text = "\n".join(f.line(want.zone) for f in findings)
+            views.setdefault(text, []).append(label)
+            by_text[text] = findings
         if not views:
             report.error = (f"no server of the parent zone {_dotted(parent_zone)} answered: "
-                            + "; ".join(report.unreachable))
+                            + "; ".join([*report.unreachable, *(f"{n}: no route" for n in report.no_route)]))
             return report
         report.groups = [(labels, by_text[text]) for text, labels in views.items()]
         report.fix = fix_records(want, (f for _, findings in report.groups for f in findings))
         return report
+
+    def _routable(self, address: str) -> bool:
+        """Whether this host can send to `address` at all (directly or, for IPv4, through NAT64)."""
+        if ":" in address:
+            return self.nat64.has_route(address)
+        return self.nat64.map(address) is not None
 
     async def _ask(self, address: str, qname: str, qtype: int) -> Message:
         """One question to one server address, retried; CheckError with the reason when it fails."""

@@ -5,6 +5,8 @@ holds whatever delegations the test writes into it (NS, glue, DS of the zones dn
 so that one hierarchy serves every case: a consistent delegation, a missing or wrong DS, wrong NS or
 glue, no delegation at all. The second server may be given other delegations, as a secondary that has
 not caught up would hold, so that parent servers that disagree with each other can be tested.
+`test.` also delegates `deep.test.` to two servers of which only one (127.55.0.4) runs, for a parent
+with a server down; `deep` is appended to its zone file.
 dnsd itself need not run: `dnsd check` compares the parent with dnsd's configuration. Each server is
 its own knotd on its own address, as in `tests/hierarchy.py`, whose helpers this module reuses.
 Requires root (port 53) and the Debian package knot.
@@ -27,6 +29,8 @@ ROOT = NET + "1"
 TLD = NET + "2"
 #: the second server of `test.`, which may hold other delegations (a secondary that is behind)
 TLD2 = NET + "3"
+#: the one live server of `deep.test.`, whose second server (SILENT) is down
+DEEP = NET + "4"
 #: an address nothing listens on (the kernel answers "port unreachable"): a parent that is down
 SILENT = NET + "99"
 #: where a test may run a hostile root of its own
@@ -44,6 +48,7 @@ class CheckHierarchy:
 
     delegations: str
     second: str | None = None
+    deep: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dnsd-check-")))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -55,8 +60,8 @@ class CheckHierarchy:
     def start(self) -> CheckHierarchy:
         if os.geteuid() != 0:
             raise MissingTool("the check hierarchy binds port 53: run the tests as root")
-        if not all(free_loopback(a) for a in (ROOT, TLD, TLD2)):
-            raise MissingTool(f"port 53 on {ROOT}, {TLD} or {TLD2} is taken (a previous run left a server behind?)")
+        if not all(free_loopback(a) for a in (ROOT, TLD, TLD2, DEEP)):
+            raise MissingTool(f"port 53 on {ROOT}, {TLD}, {TLD2} or {DEEP} is taken (a server left behind?)")
         knotd = require("knotd")
         tld = f"""$ORIGIN test.
 $TTL 3600
@@ -65,6 +70,10 @@ $TTL 3600
 @ NS ns2.nic.test.
 ns1.nic A {TLD}
 ns2.nic A {TLD2}
+deep NS ns1.deep.test.
+deep NS ns2.deep.test.
+ns1.deep A {DEEP}
+ns2.deep A {SILENT}
 """
         zones = {
             ROOT: (".", f"""$ORIGIN .
@@ -79,6 +88,14 @@ ns2.nic.test. A {TLD2}
 """),
             TLD: ("test.", tld + self.delegations),
             TLD2: ("test.", tld + (self.delegations if self.second is None else self.second)),
+            DEEP: ("deep.test.", f"""$ORIGIN deep.test.
+$TTL 3600
+@ SOA ns1.deep.test. hostmaster.test. 1 1800 900 604800 300
+@ NS ns1.deep.test.
+@ NS ns2.deep.test.
+ns1 A {DEEP}
+ns2 A {SILENT}
+""" + self.deep),
         }
         try:
             for address, (name, body) in zones.items():

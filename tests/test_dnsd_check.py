@@ -26,7 +26,7 @@ import pytest
 from dnsd import check
 from dnsd.config import from_mapping
 from dnsd.dnssec import keys as dnssec_keys
-from tests.check_hierarchy import HOSTILE, ROOT, SILENT, TLD, TLD2, CheckHierarchy
+from tests.check_hierarchy import DEEP, HOSTILE, ROOT, SILENT, TLD, TLD2, CheckHierarchy
 from tests.dnsd_process import EXAMPLE_MANIFESTS, REPO, DnsdProcess
 from tests.hierarchy import MissingTool, free_loopback
 
@@ -37,7 +37,7 @@ OTHER_GLUE = "127.55.0.11"
 def _port53_or_skip() -> None:
     if os.geteuid() != 0:
         pytest.skip("the check hierarchy binds port 53 on loopback: run the tests as root")
-    for address in (ROOT, TLD, TLD2):
+    for address in (ROOT, TLD, TLD2, DEEP):
         if not free_loopback(address):
             pytest.skip(f"port 53 on {address} cannot be bound")
 
@@ -89,7 +89,9 @@ def delegation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Check
     delegations += f"split NS ns1.split.test.\nns1.split A {GLUE}\n"
     second = delegations
     delegations += cases["split"].ds + "\n"
-    hierarchy = CheckHierarchy(delegations, second)
+    # c.deep.test: consistent on the one live server of deep.test., whose other server is down
+    cases["deep"] = Case("c.deep.test", None, "")
+    hierarchy = CheckHierarchy(delegations, second, deep=f"c NS ns1.c.deep.test.\nns1.c A {GLUE}\n")
     try:
         hierarchy.start()
     except MissingTool as exc:
@@ -177,6 +179,17 @@ def test_parent_servers_that_disagree_are_reported_in_groups(
     assert f"OK split.test. DS: parent has {ds}; dnsd has {ds}" in lines[first:second]
     assert f"MISSING split.test. DS: parent has none; dnsd has {ds}" in lines[second:]
     assert lines[-1] == case.ds
+
+
+def test_a_parent_server_down_is_reported_but_the_others_decide(
+        delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:
+    hierarchy, cases = delegation
+    status, out = _check(_flags(hierarchy, cases["deep"]))
+    assert status == 0, out
+    assert f"; c.deep.test.: parent zone deep.test., servers ns1.deep.test. ({DEEP}), ns2.deep.test. ({SILENT})" in out
+    assert "OK c.deep.test. NS: parent has ns1.c.deep.test.; dnsd has ns1.c.deep.test." in out
+    assert (f"UNREACHABLE c.deep.test. parent server ns2.deep.test. ({SILENT}): c.deep.test. NS query failed "
+            "(unreachable)") in out
 
 
 def test_ds_for_a_zone_dnsd_does_not_sign_is_a_mismatch(delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:

@@ -372,3 +372,22 @@ def test_no_periodic_check_when_off_or_forwarding(delegation: tuple[CheckHierarc
         time.sleep(4)
         assert proc.metric_samples("dnsd_delegation_ok") == []
         assert "delegation of" not in proc.output()
+
+
+def test_ds_follows_key_timing_and_any_digest_type() -> None:
+    """After a KSK rollover the parent should drop the old key's DS; a SHA-384 DS of the right key is fine."""
+    now = time.time()
+    old = dnssec_keys.generate("c2.k8s.ooo", now=now - 30 * 86400)
+    old.inactive = int(now - 86400)  # retired yesterday, still published until its Delete time
+    old.delete = int(now + 86400)
+    new = dnssec_keys.generate("c2.k8s.ooo", now=now - 10 * 86400)
+    config = from_mapping({"zone": ["c2.k8s.ooo"], "nameserver": ["ns1.c2.k8s.ooo=2001:db8::53"]})
+    want = check.expected(config, [old, new], now)[0]
+    assert [text for *_, text in want.ds] == [new.ds_text()]
+    view = check.ParentView(("ns1.c2.k8s.ooo",), {"ns1.c2.k8s.ooo": ("2001:db8::53",)})
+    view.ds = (old.ds_rdata(), new.ds_rdata())
+    findings = check.compare(want, view)
+    assert findings[-1].status == "MISMATCH"
+    assert check.fix_records(want, findings) == [new.ds_text()]
+    view.ds = (new.ds_rdata(4),)
+    assert [f.status for f in check.compare(want, view)] == ["OK", "OK", "OK"]

@@ -395,6 +395,8 @@ class Checker:
                             + "; ".join([*report.unreachable, *(f"{n}: no route" for n in report.no_route)]))
             return report
         report.groups = [(labels, by_text[text]) for text, labels in views.items()]
+        first = next(address for (label, address) in asked if any(label in ls for ls in views.values()))
+        report.parent_zone = await self._parent_name(first, want.zone, parent_zone)
         report.fix = fix_records(want, (f for _, findings in report.groups for f in findings))
         return report
 
@@ -423,6 +425,22 @@ class Checker:
                     break
         raise CheckError(f"{qname}. {'DS' if qtype == DS else 'NS' if qtype == NS else qtype} query failed "
                          f"({reason})")
+
+    async def _parent_name(self, address: str, zone: str, cut: str) -> str:
+        """The parent zone's name as its server states it: the owner of the SOA it gives for the name one
+        label above `zone`. The referral alone does not tell when the servers of `cut` also serve a zone
+        between `cut` and `zone` (then the delegation lives there); `cut` when the answer says nothing."""
+        above = zone.split(".", 1)[1] if "." in zone else ""
+        try:
+            msg = await self._ask(address, above or ".", SOA)
+        except CheckError:
+            return cut
+        for rr in (*msg.answer, *msg.authority):
+            owner = message.text(rr.owner)
+            if rr.rtype == SOA and msg.aa and (not owner or zone.endswith("." + owner)) and (
+                    not cut or owner == cut or owner.endswith("." + cut)):
+                return owner
+        return cut
 
     async def _parent_view(self, address: str, zone: str) -> ParentView:
         view = read_referral(await self._ask(address, zone, NS), zone)

@@ -6,7 +6,9 @@ so that one hierarchy serves every case: a consistent delegation, a missing or w
 glue, no delegation at all. The second server may be given other delegations, as a secondary that has
 not caught up would hold, so that parent servers that disagree with each other can be tested.
 `test.` also delegates `deep.test.` to two servers of which only one (127.55.0.4) runs, for a parent
-with a server down; `deep` is appended to its zone file.
+with a server down; `deep` is appended to its zone file. That server also serves `mid.deep.test.`
+(`mid` appended), so that a delegation found through the servers of `deep.test.` can live in a zone
+below it.
 dnsd itself need not run: `dnsd check` compares the parent with dnsd's configuration. Each server is
 its own knotd on its own address, as in `tests/hierarchy.py`, whose helpers this module reuses.
 Requires root (port 53) and the Debian package knot.
@@ -49,6 +51,7 @@ class CheckHierarchy:
     delegations: str
     second: str | None = None
     deep: str = ""
+    mid: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dnsd-check-")))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -76,7 +79,7 @@ ns1.deep A {DEEP}
 ns2.deep A {SILENT}
 """
         zones = {
-            ROOT: (".", f"""$ORIGIN .
+            ROOT: {".": f"""$ORIGIN .
 $TTL 86400
 . SOA a.root-servers.test. hostmaster.test. 1 1800 900 604800 86400
 . NS a.root-servers.test.
@@ -85,31 +88,40 @@ test. NS ns1.nic.test.
 test. NS ns2.nic.test.
 ns1.nic.test. A {TLD}
 ns2.nic.test. A {TLD2}
-"""),
-            TLD: ("test.", tld + self.delegations),
-            TLD2: ("test.", tld + (self.delegations if self.second is None else self.second)),
-            DEEP: ("deep.test.", f"""$ORIGIN deep.test.
+"""},
+            TLD: {"test.": tld + self.delegations},
+            TLD2: {"test.": tld + (self.delegations if self.second is None else self.second)},
+            DEEP: {"deep.test.": f"""$ORIGIN deep.test.
 $TTL 3600
 @ SOA ns1.deep.test. hostmaster.test. 1 1800 900 604800 300
 @ NS ns1.deep.test.
 @ NS ns2.deep.test.
 ns1 A {DEEP}
 ns2 A {SILENT}
-""" + self.deep),
+mid NS ns1.deep.test.
+""" + self.deep,
+                   # a zone of the same server, below deep.test.: delegations inside it come from there
+                   "mid.deep.test.": """$ORIGIN mid.deep.test.
+$TTL 3600
+@ SOA ns1.deep.test. hostmaster.test. 1 1800 900 604800 300
+@ NS ns1.deep.test.
+""" + self.mid},
         }
         try:
-            for address, (name, body) in zones.items():
+            for address, served in zones.items():
                 directory = self.workdir / address
                 directory.mkdir()
-                file_name = "root.zone" if name == "." else f"{name.rstrip('.')}.zone"
-                (directory / file_name).write_text(body)
+                for name, body in served.items():
+                    file_name = "root.zone" if name == "." else f"{name.rstrip('.')}.zone"
+                    (directory / file_name).write_text(body)
                 conf = directory / "knot.conf"
-                conf.write_text(_knot_conf(directory, address, {name: body}))
+                conf.write_text(_knot_conf(directory, address, served))
                 self.processes.append(subprocess.Popen(
                     [knotd, "-c", str(conf)], stdout=subprocess.DEVNULL,
                     stderr=open(directory / "knot.log", "wb")))  # noqa: SIM115
-            for address, (name, _) in zones.items():
-                _wait_soa(address, name)
+            for address, served in zones.items():
+                for name in served:
+                    _wait_soa(address, name)
         except BaseException:
             self.stop()
             raise

@@ -91,7 +91,9 @@ def delegation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Check
     delegations += cases["split"].ds + "\n"
     # c.deep.test: consistent on the one live server of deep.test., whose other server is down
     cases["deep"] = Case("c.deep.test", None, "")
-    hierarchy = CheckHierarchy(delegations, second, deep=f"c NS ns1.c.deep.test.\nns1.c A {GLUE}\n")
+    hierarchy = CheckHierarchy(delegations, second, deep=f"c NS ns1.c.deep.test.\nns1.c A {GLUE}\n",
+                               mid=f"c NS ns1.c.mid.deep.test.\nns1.c A {GLUE}\n")
+    cases["mid"] = Case("c.mid.deep.test", None, "")
     try:
         hierarchy.start()
     except MissingTool as exc:
@@ -190,6 +192,14 @@ def test_a_parent_server_down_is_reported_but_the_others_decide(
     assert "OK c.deep.test. NS: parent has ns1.c.deep.test.; dnsd has ns1.c.deep.test." in out
     assert (f"UNREACHABLE c.deep.test. parent server ns2.deep.test. ({SILENT}): c.deep.test. NS query failed "
             "(unreachable)") in out
+
+
+def test_the_parent_zone_is_named_by_its_soa(delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:
+    """The servers of deep.test. also serve mid.deep.test., which holds the delegation: that is the parent."""
+    hierarchy, cases = delegation
+    status, out = _check(_flags(hierarchy, cases["mid"]))
+    assert status == 0, out
+    assert out.startswith(f"; c.mid.deep.test.: parent zone mid.deep.test., servers ns1.deep.test. ({DEEP})"), out
 
 
 def test_ds_for_a_zone_dnsd_does_not_sign_is_a_mismatch(delegation: tuple[CheckHierarchy, dict[str, Case]]) -> None:

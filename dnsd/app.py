@@ -178,6 +178,20 @@ class App:
             if signer.signatures_made - before:
                 logger.info("signer: %d signatures made", signer.signatures_made - before)
 
+    def _start_delegation_check(self) -> None:
+        """The periodic `dnsd check` (the dnsd_delegation_ok gauge), in the watching process only, and only
+        when dnsd iterates from root hints: it walks the delegation from the root like `iterate` does,
+        which a cluster that only forwards may have no route for. Never a readiness condition."""
+        config = self.config
+        if config.delegation_check_interval <= 0 or self.link is not None:
+            return
+        if config.recursion != "iterate" and config.root_hints is None:
+            return
+        from dnsd import check
+
+        self.tasks.append(asyncio.create_task(
+            check.run_periodically(config, float(config.delegation_check_interval)), name="delegation-check"))
+
     async def run(self) -> int:
         config = self.config
         register_query_stats(self.stats)
@@ -228,6 +242,7 @@ class App:
             await self.pool.start(self.listeners.bound)
         if self.notifier is not None:
             await self.notifier.start()
+        self._start_delegation_check()
         loop = asyncio.get_running_loop()
         # A follower ignores both: the watching process stops it after its own lame duck.
         for sig in () if self.link is not None else (signal.SIGTERM, signal.SIGINT):

@@ -24,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["keygen"]:
         return keygen(args[1:])
+    if args[:1] == ["check"]:
+        from dnsd import check  # the delegation doctor: same options as the server
+
+        return check.main(args[1:])
     try:
         config = config_module.load(args)
     except ConfigError as exc:

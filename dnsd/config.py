@@ -123,6 +123,7 @@ class Config:
     # Signing (ARCHITECTURE.md "Contract: DNSSEC for the zones").
     dnssec_keys: str | None = None
     dnssec_denial: str = "nsec3"
+    delegation_check_interval: int = 3600  # `dnsd check` in the server, every N seconds; 0 off
     # The publication policy (ARCHITECTURE.md "Contract: what the Internet sees").
     publish_networks: tuple[IPNetwork, ...] = ()
     # Every --zone, the first being `zone` (set by `from_mapping`; empty means just `zone`).
@@ -493,6 +494,9 @@ OPTIONS: tuple[Option, ...] = (
            "dnssec-keygen)", metavar="DIR"),
     Option("dnssec_denial", parse_choice("nsec3", "compact"), "authenticated denial: nsec3 or compact "
            "(default nsec3)", metavar="nsec3|compact"),
+    Option("delegation_check_interval", parse_int(0, 7 * 86400),
+           "seconds between two checks of each zone's delegation in its parent (NS, glue, DS), as "
+           "`dnsd check` does; sets dnsd_delegation_ok (default 3600, 0 off)", metavar="SECONDS"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

@@ -291,3 +291,10 @@ NOTIFIES = Counter(
 )
 JOURNAL_SERIALS = Gauge("dnsd_ixfr_journal_serials", "Serials held in the IXFR journal")
 JOURNAL_RECORDS = Gauge("dnsd_ixfr_journal_records", "Records (deleted plus added) held in the IXFR journal")
+
+# ---- the delegation doctor (dnsd check, run periodically in the server) ------------------------------
+DELEGATION_OK = Gauge(
+    "dnsd_delegation_ok",
+    "1 when the parent zone's NS, glue and DS of this zone agree with dnsd's apex and keys (the periodic "
+    "`dnsd check`); 0 when they disagree or the parent cannot be reached; informational, never readiness",
+    ["zone"])

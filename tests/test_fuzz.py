@@ -1130,3 +1130,66 @@ def test_hostname_and_ttl_annotations_never_raise_but_invalid_object(hostnames: 
     assert record.ttl is None or 0 <= record.ttl <= 2**31 - 1
     for name in record.hostnames:
         assert valid_hostname(name) == name and len(name) <= 253
+
+
+# ---- the delegation doctor (dnsd check) --------------------------------------------------------------------
+
+def _referral_seeds() -> list[bytes]:
+    """What a parent server answers to `dnsd check`: referrals with glue, DS answers, NXDOMAIN, odd ones."""
+    out = []
+    for qtype, kind in (("NS", "referral"), ("NS", "nxdomain"), ("NS", "authoritative"), ("DS", "ds"),
+                        ("DS", "nodata")):
+        query = dns.message.make_query("c2.k8s.ooo.", qtype)
+        response = dns.message.make_response(query)
+        if kind == "referral":
+            response.flags &= ~dns.flags.AA
+            response.authority.append(dns.rrset.from_text("c2.k8s.ooo.", 3600, "IN", "NS", "ns1.c2.k8s.ooo.",
+                                                          "ns.elsewhere.example."))
+            response.additional.append(dns.rrset.from_text("ns1.c2.k8s.ooo.", 3600, "IN", "A", "192.0.2.53"))
+            response.additional.append(dns.rrset.from_text("ns1.c2.k8s.ooo.", 3600, "IN", "AAAA", "2001:db8::53"))
+        elif kind == "ds":
+            response.flags |= dns.flags.AA
+            response.answer.append(dns.rrset.from_text(
+                "c2.k8s.ooo.", 3600, "IN", "DS", "12345 13 2 " + "ab" * 32, "54321 15 4 " + "cd" * 48))
+        else:
+            response.flags |= dns.flags.AA
+            if kind == "nxdomain":
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            if kind == "authoritative":
+                response.answer.append(dns.rrset.from_text("c2.k8s.ooo.", 3600, "IN", "NS", "ns1.c2.k8s.ooo."))
+            response.authority.append(dns.rrset.from_text("k8s.ooo.", 60, "IN", "SOA",
+                                                          "ns.k8s.ooo. h.k8s.ooo. 1 2 3 4 5"))
+        out.append(response.to_wire())
+    return out
+
+
+def test_delegation_check_readers_survive_mutated_parent_answers() -> None:
+    """`dnsd check` reads referrals and DS answers from the parent: 30,000 mutated ones through the
+    parser, the readers and the comparison may only give MessageError, CheckError or findings."""
+    from dnsd import check
+    from dnsd.config import from_mapping
+    from dnsd.dnssec import keys as dnssec_keys
+
+    config = from_mapping({"zone": ["c2.k8s.ooo"], "nameserver": ["ns1.c2.k8s.ooo=192.0.2.53"]})
+    key = dnssec_keys.generate("c2.k8s.ooo")
+    wants = [check.expected(config, None)[0], check.expected(config, [key])[0]]
+    rng = random.Random(7344)
+    seeds = _referral_seeds()
+    read = 0
+    for _ in range(30_000):
+        data = mutate(seeds, rng)
+        try:
+            response = message.parse(data)
+            view = check.read_referral(response, "c2.k8s.ooo")
+            view.ds = check.read_ds(response, "c2.k8s.ooo")
+        except (message.MessageError, check.CheckError):
+            continue
+        except Exception as exc:
+            raise AssertionError(f"{exc!r} for parent answer {data.hex()}") from exc
+        read += 1
+        for want in wants:
+            findings = check.compare(want, view)
+            assert {f.status for f in findings} <= {"OK", "MISMATCH", "MISSING"}
+            assert all("\n" not in f.line(want.zone) for f in findings)
+            check.fix_records(want, findings)
+    assert read > 3000

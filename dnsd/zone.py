@@ -955,19 +955,27 @@ class ZoneIndex:
         ttl = self.config.ttl
         addresses = self._published(addresses)
         packed = [_pack(a) for a in addresses]
+        # The RRsets of one object, built once and shared (`_shared_rrset`) by all its names, by every
+        # route of the same Gateway and by both views: 20,000 names then cost one tuple each, not three.
+        own: dict[int, RRset] = {}
+        for rtype, rdata in packed:
+            own[rtype] = (ttl, (*own.get(rtype, (ttl, ()))[1], rdata))
+        if not own and targets:
+            own[CNAME] = (ttl, (targets[0],))
+        shared = {rtype: _shared_rrset(rrset) for rtype, rrset in own.items()}
         for name in names:
-            if not self._in_served_zone(name):
+            if not shared or not self._in_served_zone(name):
                 continue
-            types = records.setdefault(name, {})
-            if packed:
-                for rtype, rdata in packed:
-                    prev = types.get(rtype, (ttl, ()))[1]
-                    if rdata not in prev and CNAME not in types:
-                        types[rtype] = (ttl, (*prev, rdata))
-            elif targets and not types:
-                types[CNAME] = (ttl, (targets[0],))
-            if not types:
-                del records[name]
+            types = records.get(name)
+            if types is None:
+                records[name] = dict(shared)
+                continue
+            if CNAME in types or (CNAME in shared and types):
+                continue  # a CNAME stands alone (RFC 1034 3.6.2): the first source of this name wins
+            for rtype, (_, rdatas) in shared.items():
+                prev = types.get(rtype, (ttl, ()))[1]
+                merged = (*prev, *(r for r in rdatas if r not in prev))
+                types[rtype] = _shared_rrset((ttl, merged))
 
     def _refresh(self, key: tuple[str, str], changed: set[str]) -> None:
         self._apply(("service", *key), self._service_records(key), changed)
@@ -1173,6 +1181,21 @@ class ZoneIndex:
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         records = records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
         return add_hostnames(records, service, self.cluster_domain, self._in_served_zone)
+
+
+#: RRsets of Ingress and Gateway names, shared: the routes of one Gateway all carry its addresses.
+_RRSETS: dict[RRset, RRset] = {}
+#: Past this many distinct RRsets the table stops growing (new ones are simply not shared).
+_MAX_SHARED_RRSETS = 65_536
+
+
+def _shared_rrset(rrset: RRset) -> RRset:
+    found = _RRSETS.get(rrset)
+    if found is None:
+        found = rrset
+        if len(_RRSETS) < _MAX_SHARED_RRSETS:
+            _RRSETS[rrset] = rrset
+    return found
 
 
 def _rr_order(record: XfrRR) -> tuple[str, int, str]:

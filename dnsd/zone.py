@@ -437,6 +437,14 @@ class ZoneIndex:
                 hostnames += sum(1 for h in service.hostnames if exists(h))
         return services, hostnames
 
+    def object_names(self) -> dict[str, int]:
+        """Distinct names published from Ingresses, Gateways and routes, by source (for the names metric)."""
+        names: dict[str, set[str]] = {"ingress": set(), "gateway": set(), "route": set()}
+        for ident in self.objects:
+            source = ident[0] if ident[0] in ("ingress", "gateway") else "route"
+            names[source].update(entry[0] for entry in self._contributions.get(ident, ()))
+        return {source: len(found) for source, found in names.items()}
+
     @property
     def record_count(self) -> int:
         """Number of RRsets currently served (for the zone records metric)."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -158,6 +160,12 @@ def test_ingress_hosts_from_the_manifests(tmp_path: Path) -> None:
         assert ask(dnsd, "web.example.org", "AAAA").rcode() == dns.rcode.REFUSED
         assert dnsd.metric("dnsd_objects_skipped_total", reason="invalid_hostname") >= 1
         assert dnsd.metric("dnsd_objects_skipped_total", reason="outside_zones") >= 1
+        # names per source kind: www, secure, *.apps, lb, legacy; Gateways *.gw, api, cname; routes shop, api,
+        # a.b.gw, grpc, tls (every address here has a global one beside it, so the Internet sees them all)
+        for view in ("cluster", "internet"):
+            assert dnsd.metric("dnsd_zone_names", source="ingress", view=view) == 5
+            assert dnsd.metric("dnsd_zone_names", source="gateway", view=view) == 3
+            assert dnsd.metric("dnsd_zone_names", source="route", view=view) == 5
         # the Internet: only published addresses; the CNAME is unaffected
         internet = ask(dnsd, f"www.{SECOND}", "A", source="127.0.0.2")
         assert internet.rcode() == dns.rcode.NOERROR and not internet.answer
@@ -213,6 +221,55 @@ def test_sources_off_by_default(tmp_path: Path) -> None:
     with DnsdProcess("--zone", ZONE, "--zone", SECOND, "--source", f"file:{path}", "--recursion", "off") as dnsd:
         for host in ("www", "shop", "api", "lb"):
             assert ask(dnsd, f"{host}.{SECOND}", "AAAA").rcode() == dns.rcode.NXDOMAIN, host
+
+
+def ready(dnsd: DnsdProcess, timeout: float = 30) -> None:
+    """Until /readyz is 200: with --workers, every follower has reported that it is bound and synced."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{dnsd.http_port}/readyz", timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("dnsd not ready:\n" + dnsd.output())
+
+
+def answers_everywhere(dnsd: DnsdProcess, qname: str, qtype: str, expected: list[str], timeout: float = 30) -> None:
+    """Until ten queries in a row (each from a fresh source port, so spread over the processes) agree."""
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while streak < 10:
+        assert time.monotonic() < deadline, f"{qname}: not {expected} in every process"
+        streak = streak + 1 if rdata_texts(ask(dnsd, qname, qtype), qtype) == expected else 0
+
+
+def test_workers_and_a_large_file_serve_the_same_names(tmp_path: Path) -> None:
+    """`--workers 2`: the followers get the objects in their start-up snapshot and in every batch; a
+    file large enough to be parsed in child processes carries them too (pickled slim records)."""
+    many = [ingress(f"bulk{i}", [f"bulk{i}.example.net"], ips=(f"2001:db8:5::{i:x}",)) for i in range(600)]
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [*manifests(), *many]}))
+    assert path.stat().st_size > 128 * 1024  # CHILD_PARSE_BYTES: parsed in a child process
+    with DnsdProcess("--zone", ZONE, "--zone", SECOND, "--source", f"file:{path}", "--recursion", "off",
+                     "--ingress", "--gateway-api", "--gateway-class", "public", "--workers", "2",
+                     http="127.0.0.1:0") as dnsd:
+        ready(dnsd)
+        # dnspython takes a fresh source port for each query, so the kernel spreads them over both processes
+        for _ in range(20):
+            assert rdata_texts(ask(dnsd, f"bulk599.{SECOND}", "AAAA"), "AAAA") == ["2001:db8:5::257"]
+            assert rdata_texts(ask(dnsd, f"shop.{SECOND}", "AAAA"), "AAAA") == ["2001:db8:2::1"]
+        # a change of the file reaches every process: the route loses its acceptance, a new Ingress appears
+        objects = [o for o in manifests() if o["metadata"]["name"] != "by-section"]
+        objects.append(route("by-section", ["shop.example.net"], [gw_ref(sectionName="any")], accepted_status="False"))
+        objects.append(ingress("late", ["late.example.net"], ips=("2001:db8:5::ffff",), ingress_class="any"))
+        path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [*objects, *many]}))
+        answers_everywhere(dnsd, f"late.{SECOND}", "AAAA", ["2001:db8:5::ffff"])
+        for _ in range(20):
+            assert rdata_texts(ask(dnsd, f"late.{SECOND}", "AAAA"), "AAAA") == ["2001:db8:5::ffff"]
+            assert ask(dnsd, f"shop.{SECOND}", "AAAA").rcode() == dns.rcode.NXDOMAIN
 
 
 # ---- the live informer against the fake API server ------------------------------------------------

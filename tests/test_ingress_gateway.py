@@ -116,6 +116,9 @@ def manifests() -> list[dict[str, Any]]:
         route("no-status", ["nostatus.example.net"], [gw_ref(sectionName="any")], accepted=[]),
         route("status-only", ["statusonly.example.net"], [gw_ref("elsewhere")], accepted=[gw_ref()]),
         route("to-private", ["privroute.example.net"], [gw_ref("private")]),
+        # a parentRef without namespace means the route's own: found from infra, not from shop
+        route("same-ns", ["samens.example.net"], [{"name": "gw", "sectionName": "any"}], namespace="infra"),
+        route("other-ns", ["otherns.example.net"], [{"name": "gw", "sectionName": "any"}]),
         route("grpc", ["grpc.example.net"], [gw_ref(sectionName="any")], kind="GRPCRoute"),
         route("tls", ["tls.example.net"], [gw_ref(sectionName="any")], kind="TLSRoute"),
     ]
@@ -161,11 +164,11 @@ def test_ingress_hosts_from_the_manifests(tmp_path: Path) -> None:
         assert dnsd.metric("dnsd_objects_skipped_total", reason="invalid_hostname") >= 1
         assert dnsd.metric("dnsd_objects_skipped_total", reason="outside_zones") >= 1
         # names per source kind: www, secure, *.apps, lb, legacy; Gateways *.gw, api, cname; routes shop, api,
-        # a.b.gw, grpc, tls (every address here has a global one beside it, so the Internet sees them all)
+        # a.b.gw, samens, grpc, tls (every address here has a global one beside it, so the Internet sees them all)
         for view in ("cluster", "internet"):
             assert dnsd.metric("dnsd_zone_names", source="ingress", view=view) == 5
             assert dnsd.metric("dnsd_zone_names", source="gateway", view=view) == 3
-            assert dnsd.metric("dnsd_zone_names", source="route", view=view) == 5
+            assert dnsd.metric("dnsd_zone_names", source="route", view=view) == 6  # and samens
         # the Internet: only published addresses; the CNAME is unaffected
         internet = ask(dnsd, f"www.{SECOND}", "A", source="127.0.0.2")
         assert internet.rcode() == dns.rcode.NOERROR and not internet.answer
@@ -197,6 +200,8 @@ def test_gateway_listeners_and_routes_from_the_manifests(tmp_path: Path) -> None
         assert ask(dnsd, f"z.a.b.gw.{SECOND}", "AAAA").rcode() == dns.rcode.NXDOMAIN
         assert ask(dnsd, f"nomatch.{SECOND}", "AAAA").rcode() == dns.rcode.NXDOMAIN  # outside the listener's
         # not accepted, not in status.parents, accepted only for a parent it does not reference: none
+        assert rdata_texts(ask(dnsd, f"samens.{SECOND}", "AAAA"), "AAAA") == ["2001:db8:2::1"]
+        assert ask(dnsd, f"otherns.{SECOND}", "AAAA").rcode() == dns.rcode.NXDOMAIN
         for host in ("rejected", "nostatus", "statusonly"):
             assert ask(dnsd, f"{host}.{SECOND}", "AAAA").rcode() == dns.rcode.NXDOMAIN, host
         # the class filter: a Gateway of another class, and routes attached to it, are not served
@@ -402,3 +407,48 @@ async def test_gateway_routes_live(tmp_path: Path) -> None:
         await wait_for(proc, f"tls.{SECOND}", "AAAA", ["2001:db8:2::7"])
         for resource in ("gateways", "httproutes", "grpcroutes", "tlsroutes"):
             assert fake.watching(resource) >= 1, resource
+
+
+async def test_namespaced_scopes_forbidden_and_gone_for_the_new_kinds(tmp_path: Path) -> None:
+    """`--namespaces`: one informer per namespace and kind (namespaced lists, a Role each is enough); a 403
+    on one kind names the permission to grant and keeps the others serving; a 410 relists."""
+    fake_ingress = ingress("web", ["www.example.net"], ips=("2001:db8:1::10",), namespace="shop")
+    async with live(tmp_path, "--ingress", "--gateway-api", "--namespaces", "shop", "--namespaces", "infra") as (
+            fake, proc):
+        fake.put(fake_ingress)
+        fake.put(ingress("elsewhere", ["elsewhere.example.net"], ips=("2001:db8:1::11",), namespace="other"))
+        fake.put(gateway("gw", [("any", 80, None)], [{"type": "IPAddress", "value": "2001:db8:2::1"}]))
+        fake.put(route("shop", ["shop.example.net"], [gw_ref(sectionName="any")]))
+        await wait_for(proc, f"www.{SECOND}", "AAAA", ["2001:db8:1::10"])
+        await wait_for(proc, f"shop.{SECOND}", "AAAA", ["2001:db8:2::1"])
+        assert (await aask(proc, f"elsewhere.{SECOND}")).rcode() == dns.rcode.NXDOMAIN
+        lists = {(r.resource, r.namespace) for r in fake.lists()}
+        for resource in ("ingresses", "gateways", "httproutes", "grpcroutes", "tlsroutes"):
+            assert {(resource, "shop"), (resource, "infra")} <= lists and (resource, None) not in lists
+        # 410 on every watch: the informers list again, and what changed meanwhile is served
+        fake.send_error_410()
+        fake.put(route("late", ["late.example.net"], [gw_ref(sectionName="any")], kind="TLSRoute"))
+        await wait_for(proc, f"late.{SECOND}", "AAAA", ["2001:db8:2::1"])
+        await wait_for(proc, f"www.{SECOND}", "AAAA", ["2001:db8:1::10"])
+    fake2 = FakeKube()
+    fake2.inject(resource="httproutes", status=403)
+    fake2.put(gateway("gw", [("web", 80, "gw.example.net")], [{"type": "IPAddress", "value": "2001:db8:2::1"}]))
+    await fake2.start()
+    kubeconfig = fake2.write_kubeconfig(tmp_path / "kubeconfig2")
+    proc2 = DnsdProcess("--zone", ZONE, "--zone", SECOND, "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
+                        "--recursion", "off", "--gateway-api")
+    await asyncio.to_thread(proc2.start)
+    try:
+        line = await asyncio.to_thread(proc2.wait_for_log, r"forbidden: cannot list gateway\.networking\.k8s\.io/"
+                                       r"httproutes .*apiGroups: \[\"gateway\.networking\.k8s\.io\"\], "
+                                       r"resources: \[\"httproutes\"\]", 20)
+        assert "ClusterRole" in line
+        # the zone is not ready until every kind listed once: SERVFAIL, never a cacheable NXDOMAIN
+        assert (await aask(proc2, f"gw.{SECOND}")).rcode() == dns.rcode.SERVFAIL
+        fake2.clear_faults()
+        await wait_for(proc2, f"gw.{SECOND}", "AAAA", ["2001:db8:2::1"], timeout=60)  # after its backoff
+    finally:
+        await asyncio.to_thread(proc2.stop)
+        if proc2.proc is not None and proc2.proc.stdout is not None:
+            proc2.proc.stdout.close()
+        await fake2.stop()

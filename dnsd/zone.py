@@ -7,6 +7,11 @@ Sources (the manifests file, the Kubernetes informer, a worker's feed from the w
 to that Service, never to the cluster. A full relist (`replace`) diffs too: names that did not change
 are never removed, so there is no moment where answers vanish.
 
+Ingresses, Gateways and routes (`put_object` / `delete_object` / `resync_objects`) own their names the
+same way, keyed (kind, namespace, name); a Gateway's event also rebuilds the routes attached to it
+(`_routes_by_gateway`), so its cost is that Gateway's routes, never the cluster. The options
+(`--ingress`, `--gateway-api`, the class filters) are judged here, so both sources hand every object.
+
 Names are lower-case dotted text without the trailing dot. A name *exists* when it owns records, was
 marked present (a Namespace), or has an existing name below it (an empty non-terminal, RFC 8020).
 Every change reports the changed owner names to subscribers (the answer cache), which is how

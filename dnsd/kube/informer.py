@@ -1,5 +1,11 @@
 """The live cluster source: list and watch Services and EndpointSlices, feeding the zone index.
 
+With `--ingress` it also watches networking.k8s.io/v1 Ingresses, and with `--gateway-api` the
+gateway.networking.k8s.io/v1 Gateways, HTTPRoutes, GRPCRoutes and TLSRoutes (through the generic
+custom-objects API: the cluster's CRDs, no generated client). They are more kinds of the same
+informer below: same paging, bookmarks, 410 relists, backoff, slim records (`kube.model`), and the
+zone is ready only once every enabled kind has listed.
+
 `KubernetesSource.run()` connects (`kube.connect`) and runs one informer per kind and scope: a scope
 is the whole cluster, or one namespace per `--namespaces` entry, so that a namespaced deployment
 needs only a Role per namespace. Each informer loops forever (kopf's `continuous_watch` shape):

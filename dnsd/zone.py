@@ -270,7 +270,9 @@ class ZoneIndex:
         self.synced = False
         self.services: dict[tuple[str, str], ServiceRecord] = {}
         self.slices: dict[tuple[str, str], SliceRecord] = {}
-        self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        # (namespace, service) -> its slices' keys: a tuple, not a set (a one-element set costs 216 bytes,
+        # a tuple 48: 16 MB at 50,000 Services in two views); a Service has a handful of slices at most.
+        self._slices_by_service: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         self.namespaces: set[str] = set()
         #: Ingresses, Gateways and routes by (kind, namespace, name): their names are owned by that key.
         self.objects: dict[tuple[str, str, str], HostRecord] = {}
@@ -626,7 +628,7 @@ class ZoneIndex:
         self.slices = new_slices
         self._slices_by_service = {}
         for skey, rec in new_slices.items():
-            self._slices_by_service.setdefault((rec.namespace, rec.service), set()).add(skey)
+            _link(self._slices_by_service, (rec.namespace, rec.service), skey)
         for ns in self.namespaces - new_namespaces:
             self._apply(("namespace", ns), {}, changed)
         for ns in new_namespaces - self.namespaces:
@@ -849,9 +851,9 @@ class ZoneIndex:
         self._record(("put_slice", record))
         self.slices[record.key] = record
         if old is not None and old.service != record.service:
-            self._slices_by_service.get((old.namespace, old.service), set()).discard(record.key)
+            _unlink(self._slices_by_service, (old.namespace, old.service), record.key)
             self._refresh((old.namespace, old.service), changed)
-        self._slices_by_service.setdefault((record.namespace, record.service), set()).add(record.key)
+        _link(self._slices_by_service, (record.namespace, record.service), record.key)
         self._refresh((record.namespace, record.service), changed)
         return True
 
@@ -861,11 +863,7 @@ class ZoneIndex:
             return False
         self._record(("delete_slice", key))
         owner = (old.namespace, old.service)
-        siblings = self._slices_by_service.get(owner)
-        if siblings is not None:
-            siblings.discard(key)
-            if not siblings:
-                del self._slices_by_service[owner]
+        _unlink(self._slices_by_service, owner, key)
         self._refresh(owner, changed)
         return True
 
@@ -1194,6 +1192,25 @@ class ZoneIndex:
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         records = records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
         return add_hostnames(records, service, self.cluster_domain, self._in_served_zone)
+
+
+K = TypeVar("K")
+
+
+def _link(index: dict[K, tuple[K, ...]], owner: K, key: K) -> None:
+    """Add `key` to `owner`'s keys (a small tuple) in `index`."""
+    keys = index.get(owner, ())
+    if key not in keys:
+        index[owner] = (*keys, key)
+
+
+def _unlink(index: dict[K, tuple[K, ...]], owner: K, key: K) -> None:
+    """Remove `key` from `owner`'s keys; an owner left without keys leaves the index."""
+    keys = tuple(k for k in index.get(owner, ()) if k != key)
+    if keys:
+        index[owner] = keys
+    else:
+        index.pop(owner, None)
 
 
 #: RRsets of Ingress and Gateway names, shared: the routes of one Gateway all carry its addresses.

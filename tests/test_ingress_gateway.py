@@ -25,6 +25,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.zone
 
 from tests.dnsd_process import DnsdProcess, rdata_texts
 from tests.fakekube import FakeKube
@@ -452,3 +453,15 @@ async def test_namespaced_scopes_forbidden_and_gone_for_the_new_kinds(tmp_path: 
         if proc2.proc is not None and proc2.proc.stdout is not None:
             proc2.proc.stdout.close()
         await fake2.stop()
+
+
+def test_zone_transfer_carries_the_new_names(tmp_path: Path) -> None:
+    """AXFR of the second zone holds the Ingress, Gateway and route names (and nothing filtered out)."""
+    with start_file(tmp_path, "--transfer-allow", "127.0.0.1/32") as dnsd:
+        zone = dns.zone.from_xfr(dns.query.xfr(dnsd.host, SECOND, port=dnsd.port, timeout=10))
+        names = {name.to_text() for name in zone.nodes}
+        assert {"www", "secure", "*.apps", "lb", "legacy", "*.gw", "api", "cname", "shop", "a.b.gw", "samens",
+                "grpc", "tls", "@"} <= names
+        assert not names & {"other", "private", "privroute", "rejected", "nostatus", "statusonly", "otherns",
+                            "not-on-listener", "nomatch"}
+        assert zone.find_rdataset("lb", "CNAME")[0].target.to_text() == "elb-1.eu.lb.cloud.example.com."

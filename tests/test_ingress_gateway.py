@@ -465,3 +465,17 @@ def test_zone_transfer_carries_the_new_names(tmp_path: Path) -> None:
         assert not names & {"other", "private", "privroute", "rejected", "nostatus", "statusonly", "otherns",
                             "not-on-listener", "nomatch"}
         assert zone.find_rdataset("lb", "CNAME")[0].target.to_text() == "elb-1.eu.lb.cloud.example.com."
+
+
+def test_gateway_api_hostname_intersection() -> None:
+    """The intersection rules that answers alone cannot tell apart (the listener's wildcard covers them)."""
+    from dnsd.kube.model import intersect_hostnames
+
+    assert intersect_hostnames("*.x.net", ("a.b.x.net", "x.net", "a.y.net")) == ("a.b.x.net",)  # 1+ labels
+    assert intersect_hostnames("a.x.net", ("*.x.net",)) == ("a.x.net",)
+    assert intersect_hostnames("*.x.net", ("*.a.x.net",)) == ("*.a.x.net",)  # of two wildcards the narrower
+    assert intersect_hostnames("*.a.x.net", ("*.x.net",)) == ("*.a.x.net",)
+    assert intersect_hostnames("*.a.net", ("*.b.net",)) == ()
+    assert intersect_hostnames("*.x.net", ()) == ("*.x.net",)  # a route without hostnames takes the listener's
+    assert intersect_hostnames(None, ("a.y.net",)) == ("a.y.net",)  # a listener without hostname takes the route's
+    assert intersect_hostnames(None, ()) == ()

@@ -85,6 +85,8 @@ class App:
             services, hostnames = index.published_names()
             metrics.ZONE_NAMES.labels(source="service", view=view).set(services)
             metrics.ZONE_NAMES.labels(source="annotation", view=view).set(hostnames)
+            for source, count in index.object_names().items():
+                metrics.ZONE_NAMES.labels(source=source, view=view).set(count)
         metrics.SOURCE_SYNCED.set(1 if self.zone.synced else 0)
         if self.handler is not None:
             metrics.CACHE_ENTRIES.labels(cache="answers").set(self.handler.cached_responses)

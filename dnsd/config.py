@@ -128,6 +128,11 @@ class Config:
     publish_networks: tuple[IPNetwork, ...] = ()
     # Every --zone, the first being `zone` (set by `from_mapping`; empty means just `zone`).
     zones: tuple[str, ...] = ()
+    # Ingress and Gateway API hostname sources (ARCHITECTURE.md "Contract: more names").
+    ingress: bool = False
+    ingress_class: tuple[str, ...] = ()
+    gateway_api: bool = False
+    gateway_class: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -379,6 +384,14 @@ def parse_label_selector(value: Any) -> str:
     return value.strip()
 
 
+def parse_class_name(value: Any) -> str:
+    """An IngressClass or GatewayClass name: a DNS subdomain as Kubernetes object names are."""
+    text = str(value).strip() if value is not None else ""
+    if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", text) or len(text) > 253:
+        raise ValueError(f"{value!r} is not a class name (a lower-case DNS subdomain)")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One configuration key: its flag, how to parse a value, whether it repeats, its help text."""
@@ -497,6 +510,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("delegation_check_interval", parse_int(0, 7 * 86400),
            "seconds between two checks of each zone's delegation in its parent (NS, glue, DS), as "
            "`dnsd check` does; sets dnsd_delegation_ok (default 3600, 0 off)", metavar="SECONDS"),
+    Option("ingress", parse_bool, "serve Ingress hosts (spec.rules[].host, spec.tls[].hosts) with their "
+           "load-balancer status", flag_only_bool=True),
+    Option("ingress_class", parse_class_name, "only Ingresses of this class (ingressClassName, or the "
+           "kubernetes.io/ingress.class annotation)", repeat=True, metavar="NAME"),
+    Option("gateway_api", parse_bool, "serve Gateway API listener and HTTPRoute/GRPCRoute/TLSRoute hostnames "
+           "with the Gateway's status.addresses", flag_only_bool=True),
+    Option("gateway_class", parse_class_name, "only Gateways of this gatewayClassName", repeat=True,
+           metavar="NAME"),
 )
 
 _BY_KEY = {opt.key: opt for opt in OPTIONS}

@@ -15,6 +15,8 @@ consequence follows from the one rule:
   the empty non-terminals only its names created (`_tcp.<svc>`, `<ns>.svc`) vanish with them.
 * Namespaces are not marked present: a namespace exists for the Internet only through a published
   object in it. ExternalName CNAMEs are unaffected (no address to filter).
+* Ingress and Gateway names carry only published addresses; one left with none is answered with the
+  status's host name CNAME when there is one, and does not exist otherwise.
 * Apex glue is filtered like any other address.
 """
 
@@ -97,6 +99,11 @@ class InternetView(ZoneIndex):
         published = allowed.service(service)
         records = records_for_service(published, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
         return add_hostnames(records, published, self.cluster_domain, self._in_served_zone)
+
+    def _published(self, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        """Ingress and Gateway addresses: only the published ones (their CNAME targets are unaffected)."""
+        allows = self.publication.allows
+        return tuple(a for a in addresses if allows(a))
 
     def _static_records(self) -> Records:
         records = super()._static_records()

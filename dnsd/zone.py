@@ -7,6 +7,11 @@ Sources (the manifests file, the Kubernetes informer, a worker's feed from the w
 to that Service, never to the cluster. A full relist (`replace`) diffs too: names that did not change
 are never removed, so there is no moment where answers vanish.
 
+Ingresses, Gateways and routes (`put_object` / `delete_object` / `resync_objects`) own their names the
+same way, keyed (kind, namespace, name); a Gateway's event also rebuilds the routes attached to it
+(`_routes_by_gateway`), so its cost is that Gateway's routes, never the cluster. The options
+(`--ingress`, `--gateway-api`, the class filters) are judged here, so both sources hand every object.
+
 Names are lower-case dotted text without the trailing dot. A name *exists* when it owns records, was
 marked present (a Namespace), or has an existing name below it (an empty non-terminal, RFC 8020).
 Every change reports the changed owner names to subscribers (the answer cache), which is how
@@ -68,7 +73,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
 from dnsd.config import Config
-from dnsd.kube.model import ServiceRecord, SliceRecord
+from dnsd.kube.model import (
+    GatewayRecord,
+    HostRecord,
+    IngressRecord,
+    RouteRecord,
+    ServiceRecord,
+    SliceRecord,
+    intersect_hostnames,
+)
 from dnsd.metrics import OBJECTS_SKIPPED
 
 logger = logging.getLogger(__name__)
@@ -257,8 +270,15 @@ class ZoneIndex:
         self.synced = False
         self.services: dict[tuple[str, str], ServiceRecord] = {}
         self.slices: dict[tuple[str, str], SliceRecord] = {}
-        self._slices_by_service: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        # (namespace, service) -> its slices' keys: a tuple, not a set (a one-element set costs 216 bytes,
+        # a tuple 48: 16 MB at 50,000 Services in two views); a Service has a handful of slices at most.
+        self._slices_by_service: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         self.namespaces: set[str] = set()
+        #: Ingresses, Gateways and routes by (kind, namespace, name): their names are owned by that key.
+        self.objects: dict[tuple[str, str, str], HostRecord] = {}
+        #: Gateway (namespace, name) -> the routes whose accepted parents name it, so that a Gateway's
+        #: event refreshes exactly its routes (cost proportional to them, never to the cluster).
+        self._routes_by_gateway: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         # name -> type -> Shared. One owner (the common case) is stored as (ttl, rdatas, owner) rather
         # than a dict: at 50,000 services the difference is tens of megabytes.
         self._names: dict[str, dict[int, Shared]] = {}
@@ -424,6 +444,14 @@ class ZoneIndex:
                 hostnames += sum(1 for h in service.hostnames if exists(h))
         return services, hostnames
 
+    def object_names(self) -> dict[str, int]:
+        """Distinct names published from Ingresses, Gateways and routes, by source (for the names metric)."""
+        names: dict[str, set[str]] = {"ingress": set(), "gateway": set(), "route": set()}
+        for ident in self.objects:
+            source = ident[0] if ident[0] in ("ingress", "gateway") else "route"
+            names[source].update(entry[0] for entry in self._contributions.get(ident, ()))
+        return {source: len(found) for source, found in names.items()}
+
     @property
     def record_count(self) -> int:
         """Number of RRsets currently served (for the zone records metric)."""
@@ -497,14 +525,17 @@ class ZoneIndex:
         slices: Iterable[SliceRecord],
         namespaces: Iterable[str] = (),
         version: int | None = None,
+        objects: Iterable[HostRecord] | None = None,
     ) -> int:
-        """Make the index hold exactly this state, touching only what differs; returns #services changed.
+        """Make the index hold exactly this state, touching only what differs; returns #objects changed.
 
         `version` is the source's version of this state (the serial design in the module docstring).
+        `objects` (Ingresses, Gateways, routes) replace the ones held when given, else are left alone.
         """
         self.see_version(version)
         changed: set[str] = set()
-        count = self._replace(tuple(services), tuple(slices), frozenset(namespaces), changed)
+        count = self._replace(tuple(services), tuple(slices), frozenset(namespaces), changed,
+                              None if objects is None else tuple(objects))
         self._commit(changed)
         return count
 
@@ -524,7 +555,7 @@ class ZoneIndex:
     def snapshot(self) -> list[Op]:
         """Operations that rebuild the current state from nothing (for a worker that starts late)."""
         ops: list[Op] = [("replace", tuple(self.services.values()), tuple(self.slices.values()),
-                          frozenset(self.namespaces))]
+                          frozenset(self.namespaces), tuple(self.objects.values()))]
         if self.synced:
             ops.append(("synced",))
         return ops
@@ -544,7 +575,11 @@ class ZoneIndex:
             elif kind == "delete_slice":
                 self._delete_slice(op[1], changed)
             elif kind == "replace":
-                self._replace(op[1], op[2], op[3], changed)
+                self._replace(op[1], op[2], op[3], changed, op[4] if len(op) > 4 else None)
+            elif kind == "put_object":
+                self._put_object(op[1], changed)
+            elif kind == "delete_object":
+                self._delete_object(op[1], changed)
             elif kind == "namespaces":
                 self._set_namespaces(op[1], changed)
             elif kind == "synced":
@@ -566,8 +601,12 @@ class ZoneIndex:
             self._journal.append(op)
 
     def _replace(self, services: tuple[ServiceRecord, ...], slices: tuple[SliceRecord, ...],
-                 namespaces: frozenset[str], changed: set[str]) -> int:
-        self._record(("replace", services, slices, namespaces))
+                 namespaces: frozenset[str], changed: set[str],
+                 objects: tuple[HostRecord, ...] | None = None) -> int:
+        if objects is None:
+            self._record(("replace", services, slices, namespaces))
+        else:
+            self._record(("replace", services, slices, namespaces, objects))
         new_services = {s.key: s for s in services}
         new_slices = {s.key: s for s in slices}
         new_namespaces = set(namespaces)
@@ -589,7 +628,7 @@ class ZoneIndex:
         self.slices = new_slices
         self._slices_by_service = {}
         for skey, rec in new_slices.items():
-            self._slices_by_service.setdefault((rec.namespace, rec.service), set()).add(skey)
+            _link(self._slices_by_service, (rec.namespace, rec.service), skey)
         for ns in self.namespaces - new_namespaces:
             self._apply(("namespace", ns), {}, changed)
         for ns in new_namespaces - self.namespaces:
@@ -597,7 +636,18 @@ class ZoneIndex:
         self.namespaces = new_namespaces
         for key in affected:
             self._apply(("service", *key), self._service_records(key), changed)
-        return len(affected)
+        count = len(affected)
+        if objects is not None:
+            journal, self._journal = self._journal, None  # recorded whole above, not object by object
+            try:
+                new_objects = {o.ident: o for o in objects}
+                for ident in [i for i in self.objects if i not in new_objects]:
+                    count += self._delete_object(ident, changed)
+                for record in new_objects.values():
+                    count += self._put_object(record, changed)
+            finally:
+                self._journal = journal
+        return count
 
     def see_version(self, version: int | None) -> None:
         """The source has seen this version of the data (a resourceVersion, the file's mtime)."""
@@ -635,7 +685,8 @@ class ZoneIndex:
         self._commit(changed)
 
     async def resync_all(self, services: Iterable[ServiceRecord], slices: Iterable[SliceRecord],
-                         namespaces: Iterable[str] = (), version: int | None = None) -> int:
+                         namespaces: Iterable[str] = (), version: int | None = None,
+                         objects: Iterable[HostRecord] | None = None) -> int:
         """`replace` in steps that yield to the event loop, for a reload of the manifests file.
 
         A reload of 2,000 changed Services applied in one piece held the loop for about 50 ms (the
@@ -654,6 +705,8 @@ class ZoneIndex:
             self._commit(changed)
             count = await self.resync_services(services)
             count += await self.resync_slices(slices)
+            if objects is not None:
+                count += await self.resync_objects(None, objects)
             changed = set()
             self._set_namespaces(wanted, changed)
         finally:
@@ -689,6 +742,45 @@ class ZoneIndex:
         """`resync_services` for EndpointSlices."""
         self.see_version(version)
         return await self._resync(self.slices, records, namespace, self._put_slice, self._delete_slice)
+
+    def put_object(self, record: HostRecord, version: int | None = None) -> None:
+        """Add or replace one Ingress, Gateway or route."""
+        self.see_version(version)
+        changed: set[str] = set()
+        self._put_object(record, changed)
+        self._commit(changed)
+
+    def delete_object(self, ident: tuple[str, str, str], version: int | None = None) -> None:
+        """Remove one Ingress, Gateway or route by (kind, namespace, name)."""
+        self.see_version(version)
+        changed: set[str] = set()
+        self._delete_object(ident, changed)
+        self._commit(changed)
+
+    async def resync_objects(self, kinds: Collection[str] | None, records: Iterable[HostRecord],
+                             namespace: str | None = None, version: int | None = None) -> int:
+        """`resync_services` for Ingresses, Gateways and routes of `kinds` (None: every kind)."""
+        self.see_version(version)
+        new = {r.ident: r for r in records}
+        work: list[tuple[tuple[str, str, str], HostRecord | None]] = [
+            (ident, None) for ident in self.objects
+            if ident not in new and (kinds is None or ident[0] in kinds) and namespace in (None, ident[1])
+        ]
+        work.extend(new.items())
+        changed: set[str] = set()
+        count = 0
+        self._batch += 1
+        try:
+            for done, (ident, record) in enumerate(work, 1):
+                count += self._delete_object(ident, changed) if record is None else self._put_object(record, changed)
+                if done % RESYNC_STEP == 0:
+                    self._commit(changed)
+                    changed = set()
+                    await asyncio.sleep(0)
+        finally:
+            self._batch -= 1
+        self._commit(changed)
+        return count
 
     async def _resync(
         self,
@@ -759,9 +851,9 @@ class ZoneIndex:
         self._record(("put_slice", record))
         self.slices[record.key] = record
         if old is not None and old.service != record.service:
-            self._slices_by_service.get((old.namespace, old.service), set()).discard(record.key)
+            _unlink(self._slices_by_service, (old.namespace, old.service), record.key)
             self._refresh((old.namespace, old.service), changed)
-        self._slices_by_service.setdefault((record.namespace, record.service), set()).add(record.key)
+        _link(self._slices_by_service, (record.namespace, record.service), record.key)
         self._refresh((record.namespace, record.service), changed)
         return True
 
@@ -771,13 +863,130 @@ class ZoneIndex:
             return False
         self._record(("delete_slice", key))
         owner = (old.namespace, old.service)
-        siblings = self._slices_by_service.get(owner)
-        if siblings is not None:
-            siblings.discard(key)
-            if not siblings:
-                del self._slices_by_service[owner]
+        _unlink(self._slices_by_service, owner, key)
         self._refresh(owner, changed)
         return True
+
+    def _put_object(self, record: HostRecord, changed: set[str]) -> bool:
+        ident = record.ident
+        old = self.objects.get(ident)
+        if old == record:
+            return False
+        self._warn_outside_object(record)
+        self._record(("put_object", record))
+        self.objects[ident] = record
+        self._object_changed(ident, old, record, changed)
+        return True
+
+    def _delete_object(self, ident: tuple[str, str, str], changed: set[str]) -> bool:
+        old = self.objects.pop(ident, None)
+        if old is None:
+            return False
+        self._record(("delete_object", ident))
+        self._object_changed(ident, old, None, changed)
+        return True
+
+    def _object_changed(self, ident: tuple[str, str, str], old: HostRecord | None, new: HostRecord | None,
+                        changed: set[str]) -> None:
+        """Rebuild the one object's names, and for a Gateway those of the routes attached to it."""
+        if isinstance(old, RouteRecord):
+            for parent in old.parents:
+                routes = self._routes_by_gateway.get((parent.namespace, parent.name))
+                if routes is not None:
+                    routes.discard(ident)
+                    if not routes:
+                        del self._routes_by_gateway[(parent.namespace, parent.name)]
+        if isinstance(new, RouteRecord):
+            for parent in new.parents:
+                self._routes_by_gateway.setdefault((parent.namespace, parent.name), set()).add(ident)
+        self._apply(ident, self._object_records(ident), changed)
+        if ident[0] == "gateway":
+            for route in sorted(self._routes_by_gateway.get((ident[1], ident[2]), ())):
+                self._apply(route, self._object_records(route), changed)
+
+    def _warn_outside_object(self, record: HostRecord) -> None:
+        """One warning per new version of an object with host names outside every zone."""
+        if not self.warns:
+            return
+        if isinstance(record, IngressRecord):
+            names, what = record.hosts, "Ingress"
+        elif isinstance(record, GatewayRecord):
+            names = tuple(x.hostname for x in record.listeners if x.hostname is not None)
+            what = "Gateway"
+        else:
+            names, what = record.hostnames, {"httproute": "HTTPRoute", "grpcroute": "GRPCRoute"}.get(
+                record.kind, "TLSRoute")
+        outside = [h for h in names if self.find_apex(h) is None]
+        if outside:
+            OBJECTS_SKIPPED.labels(reason="outside_zones").inc(len(outside))
+            logger.warning("%s %s/%s: host %s outside every zone; skipped", what, record.namespace, record.name,
+                           ", ".join(outside))
+
+    def _gateway_served(self, gateway: GatewayRecord) -> bool:
+        classes = self.config.gateway_class
+        return self.config.gateway_api and (not classes or gateway.gateway_class in classes)
+
+    def _object_records(self, ident: tuple[str, str, str]) -> Records:
+        """The records one Ingress, Gateway or route contributes (none when its option or class is off)."""
+        record = self.objects.get(ident)
+        records: Records = {}
+        if isinstance(record, IngressRecord):
+            classes = self.config.ingress_class
+            if self.config.ingress and (not classes or record.ingress_class in classes):
+                self._host_records(record.hosts, record.addresses, record.targets, records)
+        elif isinstance(record, GatewayRecord):
+            if self._gateway_served(record):
+                hosts = tuple(x.hostname for x in record.listeners if x.hostname is not None)
+                self._host_records(hosts, record.addresses, record.targets, records)
+        elif isinstance(record, RouteRecord) and self.config.gateway_api:
+            for parent in record.parents:
+                gateway = self.objects.get(("gateway", parent.namespace, parent.name))
+                if not isinstance(gateway, GatewayRecord) or not self._gateway_served(gateway):
+                    continue
+                for listener in gateway.listeners:
+                    if parent.section is not None and listener.name != parent.section:
+                        continue
+                    if parent.port is not None and listener.port != parent.port:
+                        continue
+                    names = intersect_hostnames(listener.hostname, record.hostnames)
+                    self._host_records(names, gateway.addresses, gateway.targets, records)
+        return records
+
+    def _published(self, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        """The addresses this index may serve (all of them; the Internet's view filters)."""
+        return addresses
+
+    def _host_records(self, names: Iterable[str], addresses: tuple[str, ...], targets: tuple[str, ...],
+                      records: Records) -> None:
+        """A/AAAA of the addresses at each in-zone name, or a CNAME to the first target when there are none.
+
+        A wildcard name (`*.x`) goes into the zone as it is and answers per RFC 4592, as k8s_gateway and
+        ExternalDNS do: it also matches deeper names that do not exist (an Ingress `*.x` means one label).
+        """
+        ttl = self.config.ttl
+        addresses = self._published(addresses)
+        packed = [_pack(a) for a in addresses]
+        # The RRsets of one object, built once and shared (`_shared_rrset`) by all its names, by every
+        # route of the same Gateway and by both views: 20,000 names then cost one tuple each, not three.
+        own: dict[int, RRset] = {}
+        for rtype, rdata in packed:
+            own[rtype] = (ttl, (*own.get(rtype, (ttl, ()))[1], rdata))
+        if not own and targets:
+            own[CNAME] = (ttl, (targets[0],))
+        shared = {rtype: _shared_rrset(rrset) for rtype, rrset in own.items()}
+        for name in names:
+            if not shared or not self._in_served_zone(name):
+                continue
+            types = records.get(name)
+            if types is None:
+                records[name] = dict(shared)
+                continue
+            if CNAME in types or (CNAME in shared and types):
+                continue  # a CNAME stands alone (RFC 1034 3.6.2): the first source of this name wins
+            for rtype, (_, rdatas) in shared.items():
+                prev = types.get(rtype, (ttl, ()))[1]
+                merged = (*prev, *(r for r in rdatas if r not in prev))
+                types[rtype] = _shared_rrset((ttl, merged))
 
     def _refresh(self, key: tuple[str, str], changed: set[str]) -> None:
         self._apply(("service", *key), self._service_records(key), changed)
@@ -983,6 +1192,40 @@ class ZoneIndex:
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         records = records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
         return add_hostnames(records, service, self.cluster_domain, self._in_served_zone)
+
+
+K = TypeVar("K")
+
+
+def _link(index: dict[K, tuple[K, ...]], owner: K, key: K) -> None:
+    """Add `key` to `owner`'s keys (a small tuple) in `index`."""
+    keys = index.get(owner, ())
+    if key not in keys:
+        index[owner] = (*keys, key)
+
+
+def _unlink(index: dict[K, tuple[K, ...]], owner: K, key: K) -> None:
+    """Remove `key` from `owner`'s keys; an owner left without keys leaves the index."""
+    keys = tuple(k for k in index.get(owner, ()) if k != key)
+    if keys:
+        index[owner] = keys
+    else:
+        index.pop(owner, None)
+
+
+#: RRsets of Ingress and Gateway names, shared: the routes of one Gateway all carry its addresses.
+_RRSETS: dict[RRset, RRset] = {}
+#: Past this many distinct RRsets the table stops growing (new ones are simply not shared).
+_MAX_SHARED_RRSETS = 65_536
+
+
+def _shared_rrset(rrset: RRset) -> RRset:
+    found = _RRSETS.get(rrset)
+    if found is None:
+        found = rrset
+        if len(_RRSETS) < _MAX_SHARED_RRSETS:
+            _RRSETS[rrset] = rrset
+    return found
 
 
 def _rr_order(record: XfrRR) -> tuple[str, int, str]:

@@ -1,4 +1,5 @@
-"""A protocol-faithful fake Kubernetes API server for Services and EndpointSlices (aiohttp, real HTTP).
+"""A protocol-faithful fake Kubernetes API server (aiohttp, real HTTP): Services, EndpointSlices,
+Ingresses and the Gateway API kinds (Gateway, HTTPRoute, GRPCRoute, TLSRoute).
 
 What it does like a real API server (so that the real kubernetes-asyncio client and dnsd's informer
 run unmodified against it):
@@ -11,6 +12,10 @@ run unmodified against it):
   `timeoutSeconds`; selector transitions (an object leaving the selector arrives as DELETED). A
   resourceVersion older than the compaction point gets, like a real server, 200 and an ERROR event
   with a 410 Status (or a plain HTTP 410 with `gone_as_http=True`).
+- `/apis/networking.k8s.io/v1[/namespaces/NS]/ingresses` and
+  `/apis/gateway.networking.k8s.io/v1[/namespaces/NS]/{gateways,httproutes,grpcroutes,tlsroutes}` the same
+  way, and their `/status` subresource: PUT (the whole object) or PATCH (JSON merge patch) of
+  `.../namespaces/NS/RESOURCE/NAME/status` replaces only `status` and sends MODIFIED to watchers.
 - Bearer-token authentication (401), Status JSON bodies for errors.
 
 Fault injection for tests: `inject()` makes matching requests answer a status (403, 500, ...; or
@@ -40,10 +45,24 @@ from aiohttp import web
 RESOURCES = {
     "services": ("v1", "Service", "ServiceList"),
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice", "EndpointSliceList"),
+    "ingresses": ("networking.k8s.io/v1", "Ingress", "IngressList"),
+    "gateways": ("gateway.networking.k8s.io/v1", "Gateway", "GatewayList"),
+    "httproutes": ("gateway.networking.k8s.io/v1", "HTTPRoute", "HTTPRouteList"),
+    "grpcroutes": ("gateway.networking.k8s.io/v1", "GRPCRoute", "GRPCRouteList"),
+    "tlsroutes": ("gateway.networking.k8s.io/v1", "TLSRoute", "TLSRouteList"),
 }
+#: Kind -> resource (plural), for `put`.
+KINDS = {kind: resource for resource, (_, kind, _) in RESOURCES.items()}
 _PATH = re.compile(
-    r"^/(?:api/v1|apis/discovery\.k8s\.io/v1)(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>services|endpointslices)$"
+    r"^/(?:api/v1|apis/(?P<gv>[a-z0-9.-]+/v1))(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>[a-z]+)"
+    r"(?:/(?P<name>[^/]+)/(?P<sub>status))?$"
 )
+
+
+def _group(resource: str) -> str:
+    """The API group of a resource ("" for the core group), as RBAC and error messages name it."""
+    api_version = RESOURCES[resource][0]
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -205,6 +224,8 @@ class FakeKube:
         """Listen on 127.0.0.1:port (0: any free port; the port is kept for a restart)."""
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._handle)
+        app.router.add_put("/{tail:.*}", self._handle_status)
+        app.router.add_patch("/{tail:.*}", self._handle_status)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, port or self.port or 0, reuse_address=True)
@@ -246,7 +267,7 @@ class FakeKube:
 
     def put(self, obj: dict[str, Any]) -> int:
         """Create or update an object (ADDED or MODIFIED); returns its new resourceVersion."""
-        resource = "services" if obj.get("kind") == "Service" else "endpointslices"
+        resource = KINDS.get(str(obj.get("kind")), "endpointslices")
         meta = obj.setdefault("metadata", {})
         namespace, name = meta.get("namespace", "default"), meta["name"]
         key = (namespace, name)
@@ -267,6 +288,17 @@ class FakeKube:
         self._record("MODIFIED" if old else "ADDED", stored, old)
         return self.rv
 
+    def update_status(self, resource: str, namespace: str, name: str, status: dict[str, Any], *,
+                      merge: bool = False) -> int:
+        """The `/status` subresource: replace (PUT) or merge-patch (PATCH) `status`; a MODIFIED event."""
+        stored = self.objects[resource][(namespace, name)]
+        obj = json.loads(stored.raw)
+        if merge:
+            obj["status"] = _merge_patch(obj.get("status") or {}, status)
+        else:
+            obj["status"] = status
+        return self.put(obj)
+
     def delete(self, resource: str, namespace: str, name: str) -> int:
         """Delete an object (DELETED carries the last state with a new resourceVersion)."""
         old = self.objects[resource].pop((namespace, name))
@@ -280,7 +312,7 @@ class FakeKube:
     def load(self, objects: list[dict[str, Any]]) -> None:
         """Bulk create without history (as if compacted): for large initial states."""
         for obj in objects:
-            resource = "services" if obj.get("kind") == "Service" else "endpointslices"
+            resource = KINDS.get(str(obj.get("kind")), "endpointslices")
             meta = obj["metadata"]
             self.rv += 1
             meta["resourceVersion"] = str(self.rv)
@@ -361,7 +393,9 @@ class FakeKube:
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return self._status(401, "Unauthorized", "Unauthorized")
         match = _PATH.match(request.path)
-        if not match:
+        if not match or match.group("sub") or match.group("res") not in RESOURCES or (
+            (match.group("gv") or "v1") != RESOURCES[match.group("res")][0]
+        ):
             return self._status(404, "NotFound", f"the server could not find the requested resource ({request.path})")
         resource, namespace = match.group("res"), match.group("ns")
         query = dict(request.query)
@@ -389,7 +423,7 @@ class FakeKube:
                 )
                 message = fault.message or (
                     f'{resource} is forbidden: User "system:serviceaccount:dnsd:dnsd" cannot {verb} '
-                    f'resource "{resource}" in API group "{"" if resource == "services" else "discovery.k8s.io"}"'
+                    f'resource "{resource}" in API group "{_group(resource)}"'
                     f" {'at the cluster scope' if namespace is None else 'in the namespace ' + repr(namespace)}"
                     if status == 403
                     else f"injected {status}"
@@ -402,6 +436,30 @@ class FakeKube:
         if stall and listed.status == 200:
             return await self._stalled(request, listed)
         return listed
+
+    async def _handle_status(self, request: web.Request) -> web.StreamResponse:
+        """PUT or PATCH (JSON merge patch) of an object's `/status`, as a controller writes it."""
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._status(401, "Unauthorized", "Unauthorized")
+        match = _PATH.match(request.path)
+        resource = match.group("res") if match else None
+        if match is None or resource not in RESOURCES or match.group("sub") != "status" or not match.group("ns"):
+            return self._status(404, "NotFound", f"the server could not find the requested resource ({request.path})")
+        namespace, name = match.group("ns"), match.group("name")
+        if (namespace, name) not in self.objects[resource]:
+            return self._status(404, "NotFound", f'{resource} "{name}" not found')
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return self._status(400, "BadRequest", "the body is not JSON")
+        if not isinstance(body, dict):
+            return self._status(400, "BadRequest", "the body is not an object")
+        merge = request.method == "PATCH"  # the body is a merge patch of the object, else the whole object
+        status = body.get("status")
+        if not isinstance(status, dict):
+            return self._status(422, "Invalid", "status must be an object")
+        self.update_status(resource, namespace, name, status, merge=merge)
+        return web.Response(body=self.objects[resource][(namespace, name)].raw, content_type="application/json")
 
     async def _stalled(self, request: web.Request, listed: web.Response) -> web.StreamResponse:
         """Send the headers and the first half of a list's body, wait for `clear_faults()`, send the rest."""
@@ -583,6 +641,19 @@ class FakeKube:
             self._watchers.discard(watcher)
             with contextlib.suppress(Exception):
                 await response.write_eof()
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what `kubectl patch --type merge` sends)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
 
 
 # ---- object factories ------------------------------------------------------------------------------

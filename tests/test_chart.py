@@ -60,7 +60,7 @@ CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
 #: is always the live cluster, with the in-cluster credentials; no root hints or trust anchor file is
 #: mounted: the bundled ones serve; TSIG and DNSSEC key files come from the Secrets named in `tsig`, `dnssec`).
 CHART_OWNED_OPTIONS = {"listen", "http", "source", "kubeconfig", "root_hints", "trust_anchor", "tsig_key_file",
-                       "dnssec_keys"}
+                       "dnssec_keys", "ingress", "ingress_class", "gateway_api", "gateway_class"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -853,3 +853,32 @@ def test_dnssec_values_mount_the_key_secret_and_dnsd_signs_with_it(helm: str, tm
             assert {rrset.rdtype for rrset in reply.answer} == {dns.rdatatype.DNSKEY, dns.rdatatype.RRSIG}
         finally:
             stop(process)
+
+
+def test_ingress_and_gateway_api_values_set_the_options_and_rbac(helm: str) -> None:
+    """RBAC gains exactly the new kinds, only when enabled, in the ClusterRole and in each per-namespace Role."""
+    default_rules = only(render(helm), "ClusterRole")["rules"]
+    assert {g for rule in default_rules for g in rule["apiGroups"]} == {"", "discovery.k8s.io"}
+    assert "ingress" not in dnsd_yaml(render(helm)) and "gateway_api" not in dnsd_yaml(render(helm))
+    sets = ("ingress.enabled=true", "ingress.classes={nginx}", "gatewayApi.enabled=true",
+            "gatewayApi.classes={public,internal}")
+    objects = render(helm, None, *sets)
+    config = dnsd_yaml(objects)
+    assert config["ingress"] is True and config["ingress_class"] == ["nginx"]
+    assert config["gateway_api"] is True and config["gateway_class"] == ["public", "internal"]
+    assert dnsd_config.from_mapping(config).gateway_class == ("public", "internal")  # dnsd takes the keys
+    rules = only(objects, "ClusterRole")["rules"]
+    assert rules[: len(default_rules)] == default_rules
+    extra = {rule["apiGroups"][0]: (sorted(rule["resources"]), rule["verbs"]) for rule in rules[len(default_rules):]}
+    assert extra == {
+        "networking.k8s.io": (["ingresses"], ["get", "list", "watch"]),
+        "gateway.networking.k8s.io": (["gateways", "grpcroutes", "httproutes", "tlsroutes"], ["get", "list", "watch"]),
+    }
+    # one source alone grants only its own kinds
+    ingress_only = only(render(helm, None, "ingress.enabled=true"), "ClusterRole")["rules"]
+    assert [r["apiGroups"] for r in ingress_only[len(default_rules):]] == [["networking.k8s.io"]]
+    # per namespace: every Role holds the same rules
+    namespaced = render(helm, None, *sets, "config.namespaces={shop,web}")
+    roles = [o for o in namespaced if o["kind"] == "Role"]
+    assert len(roles) == 2 and all(role["rules"] == rules for role in roles)
+    assert not [o for o in namespaced if o["kind"] == "ClusterRole"]

@@ -1193,3 +1193,50 @@ def test_delegation_check_readers_survive_mutated_parent_answers() -> None:
             assert all("\n" not in f.line(want.zone) for f in findings)
             check.fix_records(want, findings)
     assert read > 3000
+
+
+_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40),
+              st.sampled_from(["*.a.example.net", "a.example.net", "Gateway", "gateway.networking.k8s.io",
+                               "True", "Accepted", "IPAddress", "Hostname", "2001:db8::1", "gw", "infra"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
+        ["name", "namespace", "host", "hosts", "hostname", "hostnames", "ip", "type", "value", "port", "rules",
+         "tls", "listeners", "parentRefs", "parents", "parentRef", "conditions", "status", "sectionName",
+         "group", "kind", "addresses", "loadBalancer", "ingress", "ingressClassName", "gatewayClassName"]),
+        inner, max_size=5)),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["Ingress", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute"]), spec=_JSON,
+       status=_JSON, annotations=_JSON)
+def test_ingress_gateway_objects_never_raise_but_invalid_object(kind: str, spec: Any, status: Any,
+                                                                 annotations: Any) -> None:
+    """Ingress and Gateway API objects are untrusted input: any shape is served or skipped with
+    InvalidObject, never a traceback, and the zone takes whatever is kept (valid names only)."""
+    from dnsd.kube.model import (
+        IngressRecord,
+        InvalidObject,
+        gateway_from_api,
+        ingress_from_api,
+        route_from_api,
+        valid_hostname,
+    )
+
+    obj = {"kind": kind, "metadata": {"name": "x", "namespace": "infra", "annotations": annotations},
+           "spec": spec, "status": status}
+    convert = {"Ingress": ingress_from_api, "Gateway": gateway_from_api}.get(kind, route_from_api)
+    try:
+        record = convert(obj)
+    except InvalidObject:
+        return
+    names = record.hosts if isinstance(record, IngressRecord) else getattr(record, "hostnames", ())
+    for name in names:
+        assert valid_hostname(name) == name
+    zone = _FUZZ_ZONE
+    zone.put_object(record)
+    zone.delete_object(record.ident)
+
+
+_FUZZ_ZONE = ZoneIndex(config_module.from_mapping({"zone": "example.net", "ingress": True, "gateway_api": True}))

@@ -50,7 +50,7 @@ def test_the_parts_of_a_kubectl_list_hold_exactly_its_objects(parts: int) -> Non
     pieces = split_objects(text, parts)
     assert pieces is not None and len(pieces) == parts
     whole = parse_manifests(text, "whole")
-    joined: tuple[list[object], list[object], list[object]] = ([], [], [])
+    joined: tuple[list[object], ...] = ([], [], [], [])  # services, slices, namespaces, ingresses/gateways/routes
     for piece in pieces:
         for target, found in zip(joined, parse_manifests(piece, "part"), strict=True):
             target.extend(found)

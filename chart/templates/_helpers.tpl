@@ -95,6 +95,18 @@ The HTTP side listens on the first of listenFamilies (the family kubelet probes 
 {{- end }}
 {{- end }}
 {{- $_ := set $cfg "listen" $listen }}
+{{- if .Values.ingress.enabled }}
+{{- $_ := set $cfg "ingress" true }}
+{{- if .Values.ingress.classes }}
+{{- $_ := set $cfg "ingress_class" .Values.ingress.classes }}
+{{- end }}
+{{- end }}
+{{- if .Values.gatewayApi.enabled }}
+{{- $_ := set $cfg "gateway_api" true }}
+{{- if .Values.gatewayApi.classes }}
+{{- $_ := set $cfg "gateway_class" .Values.gatewayApi.classes }}
+{{- end }}
+{{- end }}
 {{- if .Values.dnssec.existingSecret }}
 {{- $_ := set $cfg "dnssec_keys" "/etc/dnsd/dnssec" }}
 {{- end }}
@@ -125,7 +137,8 @@ The HTTP side listens on the first of listenFamilies (the family kubelet probes 
 {{- if contains ":" . }}{{ printf "[%s]:53" . }}{{ else }}{{ printf "%s:53" . }}{{ end }}
 {{- end }}
 
-{{/* The read-only rules dnsd needs: Services and EndpointSlices (a ClusterRole, or a Role per namespace). */}}
+{{/* The read-only rules dnsd needs: Services and EndpointSlices (a ClusterRole, or a Role per namespace),
+     plus Ingresses and the Gateway API kinds only when those sources are enabled. */}}
 {{- define "dnsd.rbacRules" -}}
 - apiGroups:
     - ""
@@ -143,4 +156,27 @@ The HTTP side listens on the first of listenFamilies (the family kubelet probes 
     - get
     - list
     - watch
+{{- if .Values.ingress.enabled }}
+- apiGroups:
+    - networking.k8s.io
+  resources:
+    - ingresses
+  verbs:
+    - get
+    - list
+    - watch
+{{- end }}
+{{- if .Values.gatewayApi.enabled }}
+- apiGroups:
+    - gateway.networking.k8s.io
+  resources:
+    - gateways
+    - httproutes
+    - grpcroutes
+    - tlsroutes
+  verbs:
+    - get
+    - list
+    - watch
+{{- end }}
 {{- end }}

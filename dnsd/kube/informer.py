@@ -1,5 +1,11 @@
 """The live cluster source: list and watch Services and EndpointSlices, feeding the zone index.
 
+With `--ingress` it also watches networking.k8s.io/v1 Ingresses, and with `--gateway-api` the
+gateway.networking.k8s.io/v1 Gateways, HTTPRoutes, GRPCRoutes and TLSRoutes (through the generic
+custom-objects API: the cluster's CRDs, no generated client). They are more kinds of the same
+informer below: same paging, bookmarks, 410 relists, backoff, slim records (`kube.model`), and the
+zone is ready only once every enabled kind has listed.
+
 `KubernetesSource.run()` connects (`kube.connect`) and runs one informer per kind and scope: a scope
 is the whole cluster, or one namespace per `--namespaces` entry, so that a namespaced deployment
 needs only a Role per namespace. Each informer loops forever (kopf's `continuous_watch` shape):
@@ -52,9 +58,14 @@ from dnsd import metrics
 from dnsd.config import Config
 from dnsd.kube.connect import Connection, connect
 from dnsd.kube.model import (
+    GATEWAY_GROUP,
+    HostRecord,
     InvalidObject,
     ServiceRecord,
     SliceRecord,
+    gateway_from_api,
+    ingress_from_api,
+    route_from_api,
     service_from_api,
     slice_from_api,
 )
@@ -62,7 +73,7 @@ from dnsd.zone import ZoneIndex
 
 logger = logging.getLogger(__name__)
 
-Record = ServiceRecord | SliceRecord
+Record = ServiceRecord | SliceRecord | HostRecord
 R = TypeVar("R", ServiceRecord, SliceRecord)
 
 
@@ -117,6 +128,8 @@ class _Kind:
     resource: str  # for RBAC messages: `services` / `discovery.k8s.io/endpointslices`
     rbac_rule: str  # how to grant it
     convert: Callable[[dict[str, Any]], Record]
+    #: For Gateway API kinds: (group, version, plural) for CustomObjectsApi.
+    custom: tuple[str, str, str] | None = None
 
 
 SERVICES = _Kind("service", "services", 'apiGroups: [""], resources: ["services"]', service_from_api)
@@ -125,6 +138,29 @@ ENDPOINTSLICES = _Kind(
     "discovery.k8s.io/endpointslices",
     'apiGroups: ["discovery.k8s.io"], resources: ["endpointslices"]',
     slice_from_api,
+)
+INGRESSES = _Kind(
+    "ingress",
+    "networking.k8s.io/ingresses",
+    'apiGroups: ["networking.k8s.io"], resources: ["ingresses"]',
+    ingress_from_api,
+)
+GATEWAYS = _Kind(
+    "gateway",
+    f"{GATEWAY_GROUP}/gateways",
+    f'apiGroups: ["{GATEWAY_GROUP}"], resources: ["gateways"]',
+    gateway_from_api,
+    (GATEWAY_GROUP, "v1", "gateways"),
+)
+ROUTES = tuple(
+    _Kind(
+        kind.lower(),
+        f"{GATEWAY_GROUP}/{kind.lower()}s",
+        f'apiGroups: ["{GATEWAY_GROUP}"], resources: ["{kind.lower()}s"]',
+        lambda obj, kind=kind: route_from_api(obj, kind),  # type: ignore[misc]
+        (GATEWAY_GROUP, "v1", f"{kind.lower()}s"),
+    )
+    for kind in ("HTTPRoute", "GRPCRoute", "TLSRoute")
 )
 
 
@@ -402,6 +438,9 @@ class _Informer:
         if self.kind is SERVICES:
             await zone.resync_services([r for r in records if isinstance(r, ServiceRecord)], self.namespace,
                                        self.listed_version)
+        elif self.kind is not ENDPOINTSLICES:
+            objects = [r for r in records if not isinstance(r, ServiceRecord | SliceRecord)]
+            await zone.resync_objects((self.kind.label,), objects, self.namespace, self.listed_version)
         else:
             await zone.resync_slices([r for r in records if isinstance(r, SliceRecord)], self.namespace,
                                      self.listed_version)
@@ -516,6 +555,11 @@ class _Informer:
                 zone.put_service(record, version)
             else:
                 zone.delete_service(*key, version=version)
+        elif self.kind is not ENDPOINTSLICES:
+            if record is not None and not isinstance(record, ServiceRecord | SliceRecord):
+                zone.put_object(record, version)
+            else:
+                zone.delete_object((self.kind.label, *key), version=version)
         elif isinstance(record, SliceRecord):
             zone.put_slice(record, version)
         else:
@@ -571,6 +615,11 @@ class KubernetesSource:
                     self._listed,
                 )
             )
+        for kind, call in self._host_kinds(connection):
+            informers.extend(
+                _Informer(kind, namespace, call(namespace), self.zone, self.settings, self._listed)
+                for namespace in scopes
+            )
         self._pending = {(i.kind.label, i.namespace) for i in informers}
         logger.info(
             "watching services%s and endpointslices %s",
@@ -580,6 +629,35 @@ class KubernetesSource:
         async with asyncio.TaskGroup() as group:
             for informer in informers:
                 group.create_task(informer.run(), name=f"informer-{informer.kind.label}-{informer.namespace}")
+
+    def _host_kinds(self, connection: Connection) -> list[tuple[_Kind, Callable[[str | None], Callable[..., Any]]]]:
+        """The Ingress and Gateway API kinds the options enable, each with how to list it in a scope."""
+        kinds: list[tuple[_Kind, Callable[[str | None], Callable[..., Any]]]] = []
+        if self.config.ingress:
+            networking = client.NetworkingV1Api(connection.api)
+
+            def ingress_call(namespace: str | None) -> Callable[..., Any]:
+                if namespace is None:
+                    return lambda **kw: networking.list_ingress_for_all_namespaces(**kw)
+                return lambda **kw: networking.list_namespaced_ingress(namespace, **kw)
+
+            kinds.append((INGRESSES, ingress_call))
+        if self.config.gateway_api:
+            custom = client.CustomObjectsApi(connection.api)
+            for kind in (GATEWAYS, *ROUTES):
+                kinds.append((kind, self._custom_call(custom, kind)))
+        return kinds
+
+    @staticmethod
+    def _custom_call(custom: Any, kind: _Kind) -> Callable[[str | None], Callable[..., Any]]:
+        group, version, plural = kind.custom or ("", "", "")
+
+        def call(namespace: str | None) -> Callable[..., Any]:
+            if namespace is None:
+                return lambda **kw: custom.list_cluster_custom_object(group, version, plural, **kw)
+            return lambda **kw: custom.list_namespaced_custom_object(group, version, namespace, plural, **kw)
+
+        return call
 
     @staticmethod
     def _service_call(core: Any, namespace: str | None, selector: str | None) -> Callable[..., Awaitable[Any]]:
@@ -603,8 +681,9 @@ class KubernetesSource:
             self.zone.mark_synced()
             metrics.SOURCE_SYNCED.set(1)
             logger.info(
-                "synced %d services and %d endpoint slices in %.2f s",
+                "synced %d services, %d endpoint slices and %d ingresses/gateways/routes in %.2f s",
                 len(self.zone.services),
                 len(self.zone.slices),
+                len(self.zone.objects),
                 time.monotonic() - self._started,
             )

@@ -2,7 +2,8 @@
 
 The file holds what `kubectl get svc,endpointslices -A -o yaml` prints (a `kind: List`), or
 multi-document YAML of Services, EndpointSlices and Namespaces, or the same as JSON (`-o json`, which
-loads a hundred times faster: the form for large clusters); other kinds are ignored. It is
+loads a hundred times faster: the form for large clusters); Ingresses, Gateways, HTTPRoutes, GRPCRoutes and
+TLSRoutes are read too (served with `--ingress` / `--gateway-api`); other kinds are ignored. It is
 re-read when its identity or modification time changes (checked every `POLL_INTERVAL` seconds: a
 stat call, cheap, and it also sees a ConfigMap volume's symlink swap), and the new state goes through
 `ZoneIndex.replace`, which touches only what differs (a reload through `ZoneIndex.resync_all`, in
@@ -35,10 +36,15 @@ import yaml
 from dnsd import metrics
 from dnsd.errors import SourceError
 from dnsd.kube.model import (
+    ROUTE_KINDS,
+    HostRecord,
     InvalidObject,
     ServiceRecord,
     SliceRecord,
+    gateway_from_api,
+    ingress_from_api,
     namespace_from_api,
+    route_from_api,
     service_from_api,
     slice_from_api,
 )
@@ -63,11 +69,14 @@ _AFTER_ITEMS = re.compile(r"^(?!- |[ \t#]|$)", re.M)
 _DOCUMENT_START = re.compile(r"^---[ \t]*$", re.M)
 _TOP_LEVEL_KEY = re.compile(r"[A-Za-z_][\w.-]*:(?:[ \t]|$)", re.M)
 
-Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str]]
+#: Services, EndpointSlices, Namespaces, and Ingresses/Gateways/routes (kept whatever the options say:
+#: the zone judges `--ingress`, `--gateway-api` and the class filters).
+Loaded = tuple[list[ServiceRecord], list[SliceRecord], list[str], list[HostRecord]]
 
 
 def parse_manifests(text: str, origin: str, fast_yaml: bool = False) -> Loaded:
-    """Services, EndpointSlices and Namespaces from YAML (or JSON) text; raises SourceError if unparsable.
+    """Services, EndpointSlices, Namespaces, Ingresses, Gateways and routes from YAML (or JSON) text;
+    raises SourceError if unparsable.
 
     JSON (`kubectl get ... -o json`) is read with the json module, a hundred times faster than YAML.
     `fast_yaml` picks libyaml's CSafeLoader, several times faster than the pure-Python loader but
@@ -111,6 +120,7 @@ def _from_documents(documents: list[Any], origin: str) -> Loaded:
     services: list[ServiceRecord] = []
     slices: list[SliceRecord] = []
     namespaces: list[str] = []
+    hosts: list[HostRecord] = []
     for obj in objects:
         kind = obj.get("kind")
         try:
@@ -120,9 +130,15 @@ def _from_documents(documents: list[Any], origin: str) -> Loaded:
                 slices.append(slice_from_api(obj))
             elif kind == "Namespace":
                 namespaces.append(namespace_from_api(obj))
+            elif kind == "Ingress":
+                hosts.append(ingress_from_api(obj))
+            elif kind == "Gateway":
+                hosts.append(gateway_from_api(obj))
+            elif kind in ROUTE_KINDS:
+                hosts.append(route_from_api(obj))
         except InvalidObject as exc:
             logger.warning("%s: skipped: %s", origin, exc)
-    return services, slices, namespaces
+    return services, slices, namespaces, hosts
 
 
 def parse_bytes(raw: bytes, origin: str, fast_yaml: bool) -> Loaded:
@@ -141,9 +157,10 @@ def parse_in_pieces(raw: bytes, origin: str) -> list[bytes]:
     would be unpickled in one C call that holds the GIL (and so the event loop) for tens of
     milliseconds; pieces of a few hundred hold it for well under one.
     """
-    services, slices, namespaces = parse_bytes(raw, origin, True)
+    services, slices, namespaces, hosts = parse_bytes(raw, origin, True)
     pieces = [pickle.dumps(namespaces)]
-    for records in (services, slices):
+    records: list[Any]
+    for records in (services, slices, hosts):
         pieces.append(pickle.dumps(len(records) // PIECE + 1))
         pieces.extend(pickle.dumps(records[i : i + PIECE]) for i in range(0, len(records) + 1, PIECE))
     return pieces
@@ -155,12 +172,12 @@ def _unpickle_pieces(pieces: list[bytes]) -> Loaded:
     feed = iter(pieces)
     namespaces: list[str] = pickle.loads(next(feed))  # noqa: S301
     out: list[list[Any]] = []
-    for _ in range(2):
+    for _ in range(3):
         records: list[Any] = []
         for _ in range(pickle.loads(next(feed))):  # noqa: S301
             records.extend(pickle.loads(next(feed)))  # noqa: S301
         out.append(records)
-    return out[0], out[1], namespaces
+    return out[0], out[1], namespaces, out[2]
 
 
 def split_objects(text: str, parts: int) -> list[str] | None:
@@ -207,7 +224,7 @@ def _parse_in_children(raw: bytes, origin: str) -> Loaded:
         try:
             results = [_unpickle_pieces(pieces) for pieces in _run_children([part.encode() for part in parts], origin)]
             return ([s for r in results for s in r[0]], [s for r in results for s in r[1]],
-                    [n for r in results for n in r[2]])
+                    [n for r in results for n in r[2]], [h for r in results for h in r[3]])
         except SourceError:
             pass  # parse it whole below: the error's line numbers are then the file's own
     return _unpickle_pieces(_run_children([raw], origin)[0])
@@ -316,8 +333,8 @@ class ManifestSource:
     def _apply(self, parsed: tuple[bytes, Loaded] | None) -> bool:
         if parsed is None:
             return False
-        digest, (services, slices, namespaces) = self._filtered(parsed)
-        changed = self.zone.replace(services, slices, namespaces, self._version())
+        digest, (services, slices, namespaces, hosts) = self._filtered(parsed)
+        changed = self.zone.replace(services, slices, namespaces, self._version(), hosts)
         self._digest = digest
         self._applied(services, slices, changed)
         return True
@@ -326,9 +343,9 @@ class ManifestSource:
         """A reload: the same diff as `_apply`, in steps that yield to the event loop (`ZoneIndex.resync_all`)."""
         if parsed is None:
             return False
-        digest, (services, slices, namespaces) = self._filtered(parsed)
+        digest, (services, slices, namespaces, hosts) = self._filtered(parsed)
         self._digest = digest  # first: a poll during the steps must not read the same content again
-        changed = await self.zone.resync_all(services, slices, namespaces, self._version())
+        changed = await self.zone.resync_all(services, slices, namespaces, self._version(), hosts)
         self._applied(services, slices, changed)
         return True
 
@@ -337,12 +354,13 @@ class ManifestSource:
         return self._identity[2] // 1_000_000_000 if self._identity is not None else None
 
     def _filtered(self, parsed: tuple[bytes, Loaded]) -> tuple[bytes, Loaded]:
-        digest, (services, slices, namespaces) = parsed
+        digest, (services, slices, namespaces, hosts) = parsed
         if self.only_namespaces:
             services = [s for s in services if s.namespace in self.only_namespaces]
             slices = [s for s in slices if s.namespace in self.only_namespaces]
             namespaces = [n for n in namespaces if n in self.only_namespaces]
-        return digest, (services, slices, namespaces)
+            hosts = [h for h in hosts if h.namespace in self.only_namespaces]
+        return digest, (services, slices, namespaces, hosts)
 
     def _applied(self, services: list[ServiceRecord], slices: list[SliceRecord], changed: int) -> None:
         metrics.SOURCE_EVENTS.labels(kind="file", type="RELOAD").inc()

@@ -324,3 +324,279 @@ def namespace_from_api(obj: dict[str, Any]) -> str:
     """A Namespace's name, validated as a DNS label."""
     _, name, _ = _meta(obj, "Namespace")
     return _check_label(name, "name", f"Namespace {name}")
+
+
+# ---- Ingress and Gateway API (ARCHITECTURE.md "Contract: more names") ---------------------------------
+#
+# These records keep only what naming needs: the host names (validated here), the addresses and target
+# host names of the object's status, and for routes the parents that both the route and the Gateway's
+# controller agree on. Class filters and zones are judged by the zone index, which knows the options.
+
+INGRESS_CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+#: The route kinds whose hostnames are published (all v1 in Gateway API v1.6), by API kind.
+ROUTE_KINDS = {"HTTPRoute": "httproute", "GRPCRoute": "grpcroute", "TLSRoute": "tlsroute"}
+
+
+@dataclass(frozen=True, slots=True)
+class IngressRecord:
+    """What dnsd keeps of an Ingress (networking.k8s.io/v1)."""
+
+    namespace: str
+    name: str
+    ingress_class: str | None  # spec.ingressClassName, else the legacy annotation
+    hosts: tuple[str, ...]  # spec.rules[].host and spec.tls[].hosts, validated, `*.` allowed
+    addresses: tuple[str, ...]  # status.loadBalancer.ingress[].ip
+    targets: tuple[str, ...]  # status.loadBalancer.ingress[].hostname (CNAME targets)
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return ("ingress", self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One Gateway listener: its name and port (what a parentRef's sectionName/port select) and hostname."""
+
+    name: str
+    port: int
+    hostname: str | None  # None: the listener accepts any route hostname
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRecord:
+    """What dnsd keeps of a Gateway (gateway.networking.k8s.io/v1)."""
+
+    namespace: str
+    name: str
+    gateway_class: str
+    listeners: tuple[Listener, ...]
+    addresses: tuple[str, ...]  # status.addresses of type IPAddress (or unset)
+    targets: tuple[str, ...]  # status.addresses of type Hostname
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return ("gateway", self.namespace, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRef:
+    """A Gateway a route is attached to, optionally to one listener (by name and/or port)."""
+
+    namespace: str
+    name: str
+    section: str | None
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """What dnsd keeps of an HTTPRoute, GRPCRoute or TLSRoute: its hostnames and its accepted parents."""
+
+    kind: str  # httproute, grpcroute, tlsroute
+    namespace: str
+    name: str
+    hostnames: tuple[str, ...]
+    #: Parents both in spec.parentRefs and in status.parents with Accepted=True (as ExternalDNS does:
+    #: a route the Gateway's controller rejected serves no traffic, so it gets no name).
+    parents: tuple[ParentRef, ...]
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+
+HostRecord = IngressRecord | GatewayRecord | RouteRecord
+
+
+def _valid_hosts(raw: list[Any], ident: str, what: str) -> tuple[str, ...]:
+    """Validated host names; the invalid ones are counted and warned about in one line for the object."""
+    names: list[str] = []
+    bad: list[str] = []
+    for item in raw:
+        if item is None or (isinstance(item, str) and not item.strip()):
+            continue
+        name = valid_hostname(item)
+        if name is None:
+            bad.append(repr(item))
+        else:
+            names.append(name)
+    if bad:
+        OBJECTS_SKIPPED.labels(reason="invalid_hostname").inc(len(bad))
+        logger.warning("%s: %s %s not a valid host name; skipped", ident, what, ", ".join(bad))
+    return tuple(dict.fromkeys(names))
+
+
+def _status_addresses(entries: Any, ip_key: str, host_key: str | None, type_key: str | None
+                      ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    addresses: list[str] = []
+    targets: list[str] = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        if type_key is not None:  # Gateway status.addresses: {type, value}
+            kind = entry.get(type_key) or "IPAddress"
+            if kind == "IPAddress":
+                ip = _canonical_ip(entry.get(ip_key))
+                if ip:
+                    addresses.append(ip)
+            elif kind == "Hostname":
+                target = valid_hostname(entry.get(ip_key))
+                if target and not target.startswith("*."):
+                    targets.append(target)
+            continue
+        ip = _canonical_ip(entry.get(ip_key))
+        if ip:
+            addresses.append(ip)
+        elif host_key is not None:
+            target = valid_hostname(entry.get(host_key))
+            if target and not target.startswith("*."):
+                targets.append(target)
+    return tuple(dict.fromkeys(addresses)), tuple(dict.fromkeys(targets))
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def ingress_from_api(obj: dict[str, Any]) -> IngressRecord:
+    """Slim an Ingress (networking.k8s.io/v1, API JSON shape)."""
+    namespace, name, meta = _meta(obj, "Ingress")
+    ident = f"Ingress {namespace}/{name}"
+    namespace = _check_label(namespace, "namespace", ident)
+    name = sys.intern(name.lower())
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    if not isinstance(spec, dict) or not isinstance(status, dict) or not isinstance(annotations, dict):
+        raise InvalidObject(f"{ident}: malformed spec, status or annotations")
+    ingress_class = spec.get("ingressClassName")
+    if not isinstance(ingress_class, str) or not ingress_class:
+        legacy = annotations.get(INGRESS_CLASS_ANNOTATION)  # what ExternalDNS also honours
+        ingress_class = legacy if isinstance(legacy, str) and legacy else None
+    raw_hosts: list[Any] = [rule.get("host") for rule in _dicts(spec.get("rules"))]
+    for tls in _dicts(spec.get("tls")):
+        hosts = tls.get("hosts")
+        if isinstance(hosts, list):
+            raw_hosts.extend(hosts)
+    hosts = _valid_hosts(raw_hosts, ident, "host")
+    load_balancer = status.get("loadBalancer") or {}
+    entries = load_balancer.get("ingress") if isinstance(load_balancer, dict) else None
+    addresses, targets = _status_addresses(entries, "ip", "hostname", None)
+    return IngressRecord(namespace, name, sys.intern(ingress_class) if ingress_class else None, hosts,
+                         addresses, targets)
+
+
+def gateway_from_api(obj: dict[str, Any]) -> GatewayRecord:
+    """Slim a Gateway (gateway.networking.k8s.io/v1, API JSON shape)."""
+    namespace, name, _ = _meta(obj, "Gateway")
+    ident = f"Gateway {namespace}/{name}"
+    namespace = _check_label(namespace, "namespace", ident)
+    name = sys.intern(name.lower())
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    if not isinstance(spec, dict) or not isinstance(status, dict):
+        raise InvalidObject(f"{ident}: malformed spec or status")
+    gateway_class = spec.get("gatewayClassName")
+    if not isinstance(gateway_class, str) or not gateway_class:
+        raise InvalidObject(f"{ident}: no spec.gatewayClassName")
+    listeners: list[Listener] = []
+    bad: list[Any] = []
+    for item in _dicts(spec.get("listeners")):
+        lname, port, raw_host = item.get("name"), item.get("port"), item.get("hostname")
+        if not isinstance(lname, str) or not isinstance(port, int) or isinstance(port, bool):
+            continue
+        hostname = None
+        if raw_host is not None:
+            hostname = valid_hostname(raw_host)
+            if hostname is None:
+                bad.append(repr(raw_host))
+                continue  # a listener with an invalid hostname accepts nothing the API would let through
+        listeners.append(Listener(sys.intern(lname), port, hostname))
+    if bad:
+        OBJECTS_SKIPPED.labels(reason="invalid_hostname").inc(len(bad))
+        logger.warning("%s: listener hostname %s not a valid host name; skipped", ident, ", ".join(bad))
+    addresses, targets = _status_addresses(status.get("addresses"), "value", None, "type")
+    return GatewayRecord(namespace, name, sys.intern(gateway_class), tuple(listeners), addresses, targets)
+
+
+def _parent_ref(ref: dict[str, Any], route_namespace: str) -> ParentRef | None:
+    """A parentRef that names a Gateway (group and kind default to Gateway API's Gateway), else None."""
+    group = ref.get("group", GATEWAY_GROUP)
+    kind = ref.get("kind", "Gateway")
+    name = ref.get("name")
+    if group != GATEWAY_GROUP or kind != "Gateway" or not isinstance(name, str) or not name:
+        return None
+    namespace = ref.get("namespace") or route_namespace
+    section = ref.get("sectionName")
+    port = ref.get("port")
+    return ParentRef(
+        sys.intern(str(namespace).lower()),
+        sys.intern(name.lower()),
+        section if isinstance(section, str) and section else None,
+        port if isinstance(port, int) and not isinstance(port, bool) else None,
+    )
+
+
+def _accepted(parent_status: dict[str, Any]) -> bool:
+    conditions = _dicts(parent_status.get("conditions"))
+    return any(c.get("type") == "Accepted" and c.get("status") == "True" for c in conditions)
+
+
+def route_from_api(obj: dict[str, Any], api_kind: Any = None) -> RouteRecord:
+    """Slim an HTTPRoute, GRPCRoute or TLSRoute (gateway.networking.k8s.io/v1, API JSON shape).
+
+    `api_kind` is the kind when the caller knows it (a list's items need not carry their kind).
+    """
+    api_kind = api_kind or obj.get("kind")
+    kind = ROUTE_KINDS.get(api_kind) if isinstance(api_kind, str) else None
+    if kind is None:
+        raise InvalidObject(f"{api_kind!r} is not a route kind dnsd serves")
+    namespace, name, _ = _meta(obj, api_kind)
+    ident = f"{api_kind} {namespace}/{name}"
+    namespace = _check_label(namespace, "namespace", ident)
+    name = sys.intern(name.lower())
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    if not isinstance(spec, dict) or not isinstance(status, dict):
+        raise InvalidObject(f"{ident}: malformed spec or status")
+    raw_hosts = spec.get("hostnames")
+    hostnames = _valid_hosts(raw_hosts if isinstance(raw_hosts, list) else [], ident, "hostname")
+    wanted = [p for p in (_parent_ref(r, namespace) for r in _dicts(spec.get("parentRefs"))) if p is not None]
+    accepted = {
+        p for p in (_parent_ref(s.get("parentRef") or {}, namespace)
+                    for s in _dicts(status.get("parents")) if _accepted(s))
+        if p is not None
+    }
+    parents = tuple(dict.fromkeys(p for p in wanted if p in accepted))
+    return RouteRecord(kind, namespace, name, hostnames, parents)
+
+
+def intersect_hostnames(listener: str | None, route: tuple[str, ...]) -> tuple[str, ...]:
+    """The names a route gets on one listener (Gateway API's hostname intersection).
+
+    A Gateway API wildcard `*.x` matches one or more labels. A route without hostnames takes the
+    listener's; a listener without hostname takes the route's; of an exact name and a wildcard that
+    matches it, the exact name; of two wildcards, the narrower.
+    """
+    if listener is None:
+        return route
+    if not route:
+        return (listener,)
+    out: list[str] = []
+    for host in route:
+        match = _intersect(listener, host)
+        if match is not None:
+            out.append(match)
+    return tuple(dict.fromkeys(out))
+
+
+def _intersect(a: str, b: str) -> str | None:
+    if a == b:
+        return a
+    a_wild, b_wild = a.startswith("*."), b.startswith("*.")
+    if a_wild and b.endswith(a[1:]):  # b is a name (or narrower wildcard) under a's suffix
+        return b
+    if b_wild and a.endswith(b[1:]):
+        return a
+    return None

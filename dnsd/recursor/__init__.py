@@ -50,6 +50,7 @@ from dnsd.dnssec import DNSSEC_TYPES, RRSIG
 from dnsd.recursor import hints as root_hints
 from dnsd.recursor import upstream
 from dnsd.recursor import validator as dnssec_validator
+from dnsd.recursor.aggressive import AggressiveCache
 from dnsd.recursor.cache import NAME_WIDE, Answer, Cache
 from dnsd.recursor.chain import Budget, ResolveError
 from dnsd.recursor.forwarder import Forwarder
@@ -139,6 +140,8 @@ class Recursor:
                 dnssec_validator.load_anchors(config.trust_anchor),
                 [to_wire(n) if n else b"\x00" for n in config.negative_trust_anchor], self._fetch)
         dnssec = self.validator is not None
+        #: RFC 8198: validated NSEC/NSEC3 ranges, only with validation on
+        self.aggressive = AggressiveCache() if dnssec else None
         self.engine: Iterator | Forwarder | None = None
         if config.recursion == "forward":
             self.engine = Forwarder(config.forwarder, self.infra, timeout=settings.timeout,
@@ -301,6 +304,8 @@ class Recursor:
             judged = await self.validator.validate(name, qtype, result)
             stored = self.cache.put(name, qtype, judged)
             judged = stored if stored.security == judged.security else judged
+            if self.aggressive is not None and judged.security == dnssec_validator.SECURE:
+                self.aggressive.learn(judged)
             future.set_result(judged)
             return judged
         except Exception as exc:
@@ -316,10 +321,13 @@ class Recursor:
 
     async def _fetch(self, name: bytes, qtype: int) -> Answer:
         """An unvalidated lookup for the validator's own DS and DNSKEY queries."""
-        return await self._resolve(name, qtype, False, _Trace())
+        return await self._resolve(name, qtype, False, _Trace(), aggressive=False)
 
-    async def _resolve(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace) -> Answer:
-        """The full answer for (name, qtype): cache first, then one shared resolution."""
+    async def _resolve(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace,
+                       aggressive: bool = True) -> Answer:
+        """The full answer for (name, qtype): cache first, then the validated NSEC/NSEC3 ranges
+        (RFC 8198; not for the validator's own DS and DNSKEY fetches, `aggressive` False), then one
+        shared resolution."""
         cached = self.cache.get(name, qtype)
         if cached is not None:
             if cached.failed:
@@ -331,6 +339,11 @@ class Recursor:
             if not cache_only and self.cache.prefetch_due(name, qtype):
                 self._prefetch(name, qtype)
             return cached
+        if aggressive and self.aggressive is not None and self.validator is not None \
+                and not self.validator.covered(name):
+            synthesized = self.aggressive.answer(name, qtype)
+            if synthesized is not None:
+                return synthesized
         if cache_only:
             raise CacheMiss
         trace.upstream = True

@@ -224,6 +224,10 @@ class Validator:
         k = key(name)
         return any(_subdomain(k, n) for n in self.negative)
 
+    def covered(self, name: bytes) -> bool:
+        """Whether a negative trust anchor switches validation off for `name` (RFC 7646)."""
+        return self._covered(name)
+
     async def _answer(self, qname: bytes, qtype: int, answer: Answer, work: Work,
                       caps: dict[tuple[bytes, int], int]) -> tuple[int, int | None]:
         sigs: dict[tuple[bytes, int], list[Rrsig]] = {}

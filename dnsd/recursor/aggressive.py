@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -150,7 +151,7 @@ class AggressiveCache:
             return
         try:
             cap = min(soa.ttl, soa_minimum(soa.rdata))
-        except (IndexError, ValueError):
+        except (IndexError, ValueError, struct.error):  # a short SOA rdata
             return
         soa_life = _lifetime([soa], soa_sigs, cap, wall)
         if soa_life <= 0:

@@ -241,11 +241,20 @@ class Recursor:
         return self._encode(query, result.rcode, result.answer, result.authority, limit, ad=ad,
                             ede=result.ede), source
 
-    async def resolve(self, qname: str, qtype: int) -> tuple[int, list[tuple[str, int, int, bytes]]]:
-        """(rcode, [(owner, type, ttl, uncompressed rdata)]) for a name outside dnsd's zones."""
+    async def resolve(self, qname: str, qtype: int, *, do: bool = False,
+                      cd: bool = False) -> tuple[int, list[tuple[str, int, int, bytes]]]:
+        """(rcode, [(owner, type, ttl, uncompressed rdata)]) for a name outside dnsd's zones (the
+        target of an in-zone CNAME chased for a recursing client); an AAAA query gets DNS64 exactly
+        as a direct one does (`do`, `cd`: the client's flags, RFC 6147 5.5)."""
+        name = to_wire(qname)
+        synthesis = self.dns64 and dns64.wants_synthesis(qtype, do, cd) and not dns64.under(
+            qname.rstrip(".").lower(), self.config.zone)
         try:
             async with asyncio.timeout(self.settings.query_timeout):
-                result = await self._lookup(to_wire(qname), qtype, False, _Trace())
+                if synthesis:
+                    result = await self._aaaa(name, False, _Trace(), cd)
+                else:
+                    result = await self._lookup(name, qtype, False, _Trace())
         except (ResolveError, TimeoutError, ValueError):
             return SERVFAIL, []
         if result.security == dnssec_validator.BOGUS:
@@ -271,16 +280,20 @@ class Recursor:
                     return await self._ptr(name, to_wire(target), cache_only, trace)
         if not (synthesis and dns64.wants_synthesis(qtype, query.edns_do, query.cd)):
             return await self._lookup(name, qtype, cache_only, trace)
+        return await self._aaaa(name, cache_only, trace, query.cd)
+
+    async def _aaaa(self, name: bytes, cache_only: bool, trace: _Trace, cd: bool) -> Answer:
+        """An AAAA lookup with DNS64 (RFC 6147 5.1), for a client query or a chased CNAME target."""
         try:
-            aaaa = await self._lookup(name, qtype, cache_only, trace)
+            aaaa = await self._lookup(name, AAAA, cache_only, trace)
         except ResolveError:
             # RFC 6147 5.1.3: an error other than NXDOMAIN is treated like an empty answer, so
             # that names behind servers that fail AAAA queries still get synthesized addresses
             aaaa = Answer(SERVFAIL)
-        if aaaa.security == dnssec_validator.BOGUS and not query.cd:
+        if aaaa.security == dnssec_validator.BOGUS and not cd:
             # RFC 6147 5.5: the negative answer is validated before the A query; bogus stops here
             return replace(aaaa, ede=dnssec_validator.EDE_BOGUS)
-        result = await self._synthesize(name, aaaa, cache_only, trace, query.cd)
+        result = await self._synthesize(name, aaaa, cache_only, trace, cd)
         if result.rcode == SERVFAIL:
             raise ResolveError("aaaa")
         return result

@@ -115,6 +115,9 @@ def test_rfc_order_nodata_exact_match_case_folded(rfc: AggressiveCache) -> None:
     assert found is not None and found.rcode == NOERROR and not found.answer
     assert ("z.a.example.", 47) in names(found)
     assert rfc.answer(wire("Z.a.example."), 1) is None  # the type exists: not ours to answer
+    assert rfc.answer(wire("Z.a.example."), 255) is None  # ANY at an existing name: its records, upstream
+    found = rfc.answer(wire("b.a.example."), 255)  # ANY at a name that does not exist: NXDOMAIN
+    assert found is not None and found.rcode == NXDOMAIN
     assert rfc.answer(wire("example."), 6) is None
 
 
@@ -239,6 +242,7 @@ def test_nsec3_nodata_wildcard_and_empty_non_terminal(clock: Clock) -> None:
     found = cache.answer(wire("www.example."), 16)
     assert found is not None and found.rcode == NOERROR
     assert cache.answer(wire("www.example."), 1) is None
+    assert cache.answer(wire("www.example."), 255) is None
     found = cache.answer(wire("w.example."), 1)  # empty non-terminal: its own NSEC3, no types
     assert found is not None and found.rcode == NOERROR
     found = cache.answer(wire("q.w.example."), 16)  # the wildcard *.w.example. lacks TXT

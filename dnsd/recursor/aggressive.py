@@ -56,6 +56,7 @@ MAX_RANGES = 100_000
 MAX_DEPTH = 16
 #: NSEC sort keys are label tuples (RFC 4034 6.1), NSEC3 ones hashes: each zone holds one kind.
 SortKey = Any
+_ANY = 255
 _SECURE = 1  # validator.SECURE (the validator imports this package's cache; no import cycle here)
 
 
@@ -223,6 +224,8 @@ class AggressiveCache:
         if found is None:
             return None
         rcode, used = found
+        if rcode == NOERROR and qtype == _ANY:
+            return None  # no type bitmap lacks "ANY": an existing name's records come from upstream
         self._zones.move_to_end(zone.apex)
         expires = min(zone.soa_expires, *(r.expires for r in used))
         ttl = max(1, int(expires - now))

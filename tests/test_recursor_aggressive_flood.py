@@ -6,7 +6,8 @@ NSEC and one NSEC3 (Knot-signed), each delegated to a counting proxy (tests/coun
 front of its Knot, so that the test knows how many queries the victim received. The real dnsd
 process iterates from the hierarchy's root with the root key as trust anchor; the flood is unique
 random names asked with DO=1 by dnspython, which checks rcode, AD and the proof records; the
-signatures of synthesized proofs are verified with dnspython against the victim's DNSKEY.
+signatures of synthesized proofs are verified with dnspython against the victim's DNSKEY, and a
+validating Unbound used as a stub in front of dnsd must accept them as secure.
 Controls: with `--dnssec-validation off` or a negative trust anchor over the victim, every flood
 name reaches the victim (so the counting itself is proven to see the queries).
 """
@@ -15,12 +16,16 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import string
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dns.dnssec
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -31,6 +36,7 @@ import pytest
 
 from tests.counting_proxy import CountingProxy
 from tests.dnsd_process import EXAMPLE_MANIFESTS, DnsdProcess, rdata_texts
+from tests.hierarchy import require
 from tests.signed_hierarchy import VICTIM_BACKENDS, VICTIMS, Signed
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the signed hierarchy binds port 53 on loopback")
@@ -151,3 +157,84 @@ def test_no_aggressive_answers_without_validation(
         assert all(r.rcode() == dns.rcode.NXDOMAIN and not r.flags & dns.flags.AD for r in replies)
         assert proxy.total - before >= len(names) - 1
         assert proc.metric("dnsd_aggressive_answers_total") == 0
+
+
+def _unbound_stub(workdir: Path, port: int, anchor: str, upstream_port: int) -> str:
+    """A validating Unbound that forwards everything to dnsd: it judges dnsd's synthesized proofs itself."""
+    return f"""server:
+    interface: 127.0.0.1@{port}
+    port: {port}
+    do-ip6: no
+    do-daemonize: no
+    chroot: ""
+    username: ""
+    directory: "{workdir}"
+    pidfile: "{workdir}/unbound.pid"
+    use-syslog: no
+    logfile: "{workdir}/unbound.log"
+    verbosity: 1
+    trust-anchor-file: "{anchor}"
+    do-not-query-localhost: no
+    access-control: 127.0.0.0/8 allow
+    module-config: "validator iterator"
+    aggressive-nsec: no
+    qname-minimisation: no
+    num-threads: 1
+    so-reuseport: no
+    local-zone: "test." nodefault
+    val-log-level: 2
+forward-zone:
+    name: "."
+    forward-addr: 127.0.0.1@{upstream_port}
+remote-control:
+    control-enable: no
+"""
+
+
+@pytest.mark.parametrize("zone", list(VICTIMS))
+def test_unbound_as_stub_validates_the_synthesized_answers(
+        signed: tuple[Signed, dict[str, CountingProxy]], zone: str, tmp_path: Path) -> None:
+    """A validating Unbound forwarding to dnsd accepts dnsd's synthesized NXDOMAINs as secure (AD, no
+    SERVFAIL): the proofs are complete and their signatures good by an independent validator."""
+    h, _ = signed
+    with _dnsd(h) as proc:
+        names = random_names(zone, 30, seed=7 + len(zone))
+        for name in names[:WARMUP]:
+            ask(proc, name)
+        before = proc.metric("dnsd_aggressive_answers_total", kind="nxdomain")
+        port = _free_udp_port()
+        (tmp_path / "unbound.conf").write_text(_unbound_stub(tmp_path, port, h.anchor_file, proc.port))
+        unbound = subprocess.Popen([require("unbound"), "-d", "-c", str(tmp_path / "unbound.conf")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            _wait_udp(port)
+            for name in names[WARMUP:]:
+                query = dns.message.make_query(name, "A", want_dnssec=True, use_edns=0)
+                reply = dns.query.udp(query, "127.0.0.1", port=port, timeout=10)
+                log = (tmp_path / "unbound.log").read_text(errors="replace")
+                assert reply.rcode() == dns.rcode.NXDOMAIN, f"{reply}\n{log[-3000:]}"
+                assert reply.flags & dns.flags.AD, f"{reply}\n{log[-3000:]}"
+        finally:
+            unbound.terminate()
+            unbound.wait(timeout=10)
+        # dnsd answered Unbound's questions from its ranges
+        assert proc.metric("dnsd_aggressive_answers_total", kind="nxdomain") - before >= len(names) - WARMUP
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_udp(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    query = dns.message.make_query("test.", "SOA")
+    while True:
+        try:
+            dns.query.udp(query, "127.0.0.1", port=port, timeout=1)
+            return
+        except (OSError, dns.exception.DNSException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -54,6 +54,8 @@ MAX_RANGES_PER_ZONE = 10_000
 MAX_RANGES = 100_000
 #: Names deeper than this below their zone are not tried (each label may cost an NSEC3 hash).
 MAX_DEPTH = 16
+#: Remembered proof outcomes and ancestor hashes per zone (cleared when full).
+MAX_MEMO = 4096
 #: NSEC sort keys are label tuples (RFC 4034 6.1), NSEC3 ones hashes: each zone holds one kind.
 SortKey = Any
 _ANY = 255
@@ -66,6 +68,13 @@ class _Range:
     record: records.Nsec | records.Nsec3
     rrs: tuple[RR, ...]  # the NSEC/NSEC3 record and its RRSIGs
     expires: float
+    sort_key: SortKey = None
+    next_key: SortKey = None  # the sort key of the next name (NSEC) or the next hash (NSEC3)
+
+    def covers(self, k: SortKey) -> bool:
+        """Whether `k` lies strictly inside owner..next (the last range wraps round to the first)."""
+        o, n = self.sort_key, self.next_key
+        return bool(o < k < n) if o < n else bool(k > o or k < n)
 
 
 @dataclass(slots=True)
@@ -77,10 +86,16 @@ class _Zone:
     soa_expires: float = 0.0
     sort_keys: list[SortKey] = field(default_factory=list)
     ranges: dict[SortKey, _Range] = field(default_factory=dict)
+    #: proof outcomes already worked out (see `AggressiveCache._nsec`), and NSEC3 hashes of ancestors
+    memo: dict[tuple[object, ...], int | None] = field(default_factory=dict)
+    hashes: dict[bytes, bytes] = field(default_factory=dict)
 
     def put(self, sort_key: SortKey, entry: _Range, now: float) -> int:
         """Add or refresh one range; returns how many ranges were added (1) or removed (negative)."""
-        if sort_key in self.ranges:
+        old = self.ranges.get(sort_key)
+        if old is not None:
+            if old.record != entry.record:
+                self.memo.clear()  # the zone changed: outcomes worked out from the old record go
             self.ranges[sort_key] = entry
             return 0
         removed = 0
@@ -122,6 +137,9 @@ class AggressiveCache:
         self.wall = wall
         self.size = 0
         self._zones: OrderedDict[bytes, _Zone] = OrderedDict()
+        self._counters = {(rcode, kind): metrics.AGGRESSIVE_ANSWERS.labels(
+            kind="nxdomain" if rcode == NXDOMAIN else "nodata", proof="nsec" if kind == NSEC else "nsec3")
+            for rcode in (NOERROR, NXDOMAIN) for kind in (NSEC, NSEC3)}
 
     def __len__(self) -> int:
         return self.size
@@ -179,7 +197,9 @@ class AggressiveCache:
             if zone.kind != rr.rtype or (isinstance(record, records.Nsec3)
                                          and zone.params != (record.iterations, record.salt)):
                 continue  # one chain per zone: records of another flavour or parameter set are not mixed
-            entry = _Range(owner, record, (rr, *(s for s, _ in covering)), now + life)
+            next_key = (order_key(key(record.next_name)) if isinstance(record, records.Nsec)
+                        else record.next_hash)
+            entry = _Range(owner, record, (rr, *(s for s, _ in covering)), now + life, sort_key, next_key)
             self.size += zone.put(sort_key, entry, now)
         if zone is None:
             return
@@ -207,14 +227,16 @@ class AggressiveCache:
         if not self._zones:
             return None
         name = key(qname)
-        parts = labels(name)
         zone = None
-        for i in range(len(parts) + 1):
-            zone = self._zones.get(from_labels(parts[i:]))
-            if zone is not None:
-                if i > MAX_DEPTH:
-                    return None
+        offset = depth = 0
+        while True:  # each suffix of a wire name is the wire form of an ancestor
+            zone = self._zones.get(name[offset:])
+            if zone is not None or offset >= len(name) or not name[offset]:
                 break
+            offset += 1 + name[offset]
+            depth += 1
+        if zone is not None and depth > MAX_DEPTH:
+            return None
         if zone is None or (qtype == nsec.DS and name == zone.apex):
             return None  # a zone's own records say nothing about its DS, which its parent holds
         now = self.clock()
@@ -235,71 +257,123 @@ class AggressiveCache:
             if r.owner not in seen:
                 seen.add(r.owner)
                 authority += [rr._replace(ttl=ttl) for rr in r.rrs]
-        metrics.AGGRESSIVE_ANSWERS.labels(kind="nxdomain" if rcode == NXDOMAIN else "nodata",
-                                          proof="nsec" if zone.kind == NSEC else "nsec3").inc()
+        self._counters[(rcode, zone.kind)].inc()
         return Answer(rcode, (), tuple(authority), _SECURE)
 
     def _nsec(self, zone: _Zone, name: bytes, qtype: int, now: float) -> tuple[int, list[_Range]] | None:
-        first = zone.before(order_key(name), now)
+        """NSEC: the range at or before the name, and the one at or before the wildcard at its closest
+        encloser. Which of them prove what depends only on the two records, the closest encloser,
+        whether the name is an empty non-terminal and the type, so the outcome is worked out once per
+        such key with `dnsd.dnssec.nsec` (the validator's own functions) and remembered: a flood of
+        random names under one range costs a sort key, two bisections and a dictionary lookup each."""
+        nk = order_key(name)
+        first = zone.before(nk, now)
         if first is None or not isinstance(first.record, records.Nsec):
             return None
         record = first.record
-        used = [first]
-        if first.owner != name:
-            if not nsec.covers(first.owner, record.next_name, name):
-                return None
-            ce = nsec.closest_encloser(name, first.owner, record)
-            wildcard = zone.before(order_key(nsec.wildcard_of(ce)), now)
-            if wildcard is not None and wildcard is not first:
-                used.append(wildcard)
-        proof = [(r.owner, r.record) for r in used]
-        if nsec.nodata(proof, name, qtype, zone.apex):  # type: ignore[arg-type]
-            return NOERROR, used
-        if first.owner == name or nsec.is_subdomain(record.next_name, name):
-            return None  # the name exists (its own record, or an empty non-terminal)
-        if nsec.nxdomain(proof, name, zone.apex):  # type: ignore[arg-type]
-            return NXDOMAIN, used
-        return None
+        if first.sort_key == nk:  # the name's own record
+            if nsec.nodata([(first.owner, record)], name, qtype, zone.apex):
+                return NOERROR, [first]
+            return None
+        if not first.covers(nk):
+            return None
+        o, n = first.sort_key, first.next_key
+        if ((nsec.NS in record.types and nsec.SOA not in record.types) or nsec.DNAME in record.types) \
+                and nk[:len(o)] == o:
+            return None  # below a delegation or a DNAME: the parent's record proves nothing there
+        ce = max(_common(nk, o), _common(nk, n), key=len)
+        ent = len(n) > len(nk) and n[:len(nk)] == nk  # the next name lies below: an empty non-terminal
+        wildcard = zone.before((*ce, b"*"), now)
+        used = [first] if wildcard is None or wildcard is first else [first, wildcard]
+        memo_key = (o, None if wildcard is None else wildcard.sort_key, ce, ent, qtype)
+        if memo_key in zone.memo:
+            rcode = zone.memo[memo_key]
+        else:
+            proof = [(r.owner, r.record) for r in used]
+            rcode = None
+            if nsec.nodata(proof, name, qtype, zone.apex):  # type: ignore[arg-type]
+                rcode = NOERROR
+            elif not ent and nsec.nxdomain(proof, name, zone.apex):  # type: ignore[arg-type]
+                rcode = NXDOMAIN
+            if len(zone.memo) >= MAX_MEMO:
+                zone.memo.clear()
+            zone.memo[memo_key] = rcode
+        return None if rcode is None else (rcode, used)
 
     def _nsec3(self, zone: _Zone, name: bytes, qtype: int, now: float) -> tuple[int, list[_Range]] | None:
+        """NSEC3: closest encloser by hashing the ancestors (their hashes remembered per zone), the
+        ranges at or before the next closer's and the wildcard's hashes; the outcome, worked out by
+        `dnsd.dnssec.nsec3` on a chain of just those records, is remembered per ranges, closest
+        encloser, which ranges cover the next closer, and type."""
         if zone.params is None:
             return None
         iterations, salt = zone.params
         parts = labels(name)
         depth = len(parts) - len(labels(zone.apex))
 
-        def hashed(n: bytes) -> bytes:
-            return nsec3.hash_name(n, salt, iterations)
+        def hashed(n: bytes, keep: bool = True) -> bytes:
+            found = zone.hashes.get(n)
+            if found is None:
+                found = nsec3.hash_name(n, salt, iterations)
+                if keep:
+                    if len(zone.hashes) >= MAX_MEMO:
+                        zone.hashes.clear()
+                    zone.hashes[n] = found
+            return found
 
-        def matching(n: bytes) -> _Range | None:
-            found = zone.ranges.get(hashed(n))
+        def live(h: bytes) -> _Range | None:
+            found = zone.ranges.get(h)
             return found if found is not None and found.expires > now else None
 
-        used: list[_Range] = []
-        own = matching(name)
+        own_hash = hashed(name, keep=False)  # flood names never repeat: not worth remembering
+        own = live(own_hash)
         if own is not None:
-            used.append(own)
+            used = [own]
+            memo_key: tuple[object, ...] | None = None
         else:
-            ce = None
             for i in range(1, depth + 1):
-                ce = matching(from_labels(parts[i:]))
+                ancestor = from_labels(parts[i:])
+                ce = live(hashed(ancestor))
                 if ce is not None:
-                    next_closer = zone.before(hashed(from_labels(parts[i - 1:])), now)
-                    wildcard = matching(b"\x01*" + from_labels(parts[i:])) or zone.before(
-                        hashed(b"\x01*" + from_labels(parts[i:])), now)
-                    used += [r for r in (ce, next_closer, wildcard) if r is not None]
+                    nc_hash = own_hash if i == 1 else hashed(from_labels(parts[i - 1:]))
+                    next_closer = zone.before(nc_hash, now)
+                    wild_hash = hashed(b"\x01*" + ancestor)
+                    wildcard = live(wild_hash) or zone.before(wild_hash, now)
+                    used = [r for r in (ce, next_closer, wildcard) if r is not None]
+                    covering = tuple(r.covers(nc_hash) for r in used)
+                    if not any(covering):
+                        return None
+                    memo_key = (ancestor, *(r.sort_key for r in used), covering, qtype)
                     break
-            if ce is None:
+            else:
                 return None
-        chain = nsec3.Chain(zone.apex, [(r.owner, r.rrs[0].rdata) for r in used])
-        try:
-            if nsec3.nodata(chain, name, qtype) == nsec3.PROVEN:
-                return NOERROR, used
-            if own is None and nsec3.nxdomain(chain, name) == nsec3.PROVEN:
-                return NXDOMAIN, used
-        except nsec3.HashBudgetExceeded:
-            return None
-        return None
+        if memo_key is not None and memo_key in zone.memo:
+            rcode = zone.memo[memo_key]
+        else:
+            chain = nsec3.Chain(zone.apex, [(r.owner, r.rrs[0].rdata) for r in used])
+            rcode = None
+            try:
+                if nsec3.nodata(chain, name, qtype) == nsec3.PROVEN:
+                    rcode = NOERROR
+                elif own is None and nsec3.nxdomain(chain, name) == nsec3.PROVEN:
+                    rcode = NXDOMAIN
+            except nsec3.HashBudgetExceeded:
+                return None
+            if memo_key is not None:
+                if len(zone.memo) >= MAX_MEMO:
+                    zone.memo.clear()
+                zone.memo[memo_key] = rcode
+        return None if rcode is None else (rcode, used)
+
+
+def _common(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The common ancestor of two names given as sort keys (labels from the root down)."""
+    i = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        i += 1
+    return a[:i]
 
 
 def _parse(rr: RR, apex: bytes) -> tuple[SortKey, records.Nsec | records.Nsec3] | None:

@@ -257,3 +257,20 @@ def test_nsec3_opt_out_and_partial_chains_go_upstream(clock: Clock) -> None:
     cache = AggressiveCache(clock=clock)
     cache.learn(nsec3_answer("example.", NSEC3_ZONE, skip={"example."})[0])
     assert cache.answer(wire("nx.example."), 1) is None  # no closest encloser match cached
+
+
+def test_validator_rejects_an_nxdomain_proof_that_shows_the_name_exists() -> None:
+    """The validator's NXDOMAIN check (and so what `learn` can ever be given): an NSEC covering the name
+    whose next name lies below it proves an empty non-terminal, so it cannot prove a name error."""
+    from dnsd.dnssec import records
+    from dnsd.dnssec.nsec import nxdomain
+    from dnsd.recursor.validator import nsec_shows_existence
+
+    def n(owner: str, next_name: str, types: frozenset[int] = frozenset({1, 46, 47})) -> tuple[bytes, records.Nsec]:
+        return wire(owner), records.Nsec(wire(next_name), types)
+
+    ent = [n("ent.", "x.b.ent.", frozenset({2, 6, 46, 47})), n("x.b.ent.", "ent.")]
+    assert nxdomain(ent, wire("b.ent."), wire("ent."))  # the nsec module alone accepts it
+    assert nsec_shows_existence(ent, wire("B.ent."))
+    assert not nsec_shows_existence(ent, wire("c.ent."))
+    assert nsec_shows_existence([n("www.ent.", "x.ent.")], wire("www.ent."))  # its own NSEC

@@ -340,7 +340,8 @@ class Recursor(Protocol):
 
     async def answer_with_source(self, query: wire.Query, limit: int) -> tuple[bytes, str]: ...
 
-    async def resolve(self, qname: str, qtype: int) -> tuple[int, list[tuple[str, int, int, bytes]]]: ...
+    async def resolve(self, qname: str, qtype: int, *, do: bool = False,
+                      cd: bool = False) -> tuple[int, list[tuple[str, int, int, bytes]]]: ...
 
 
 class Acl:
@@ -869,7 +870,7 @@ class Handler:
         resolver answers (RFC 1034 4.3.2 step 3a continued by resolution); not AA, since the data
         past the zone is not dnsd's. The target's rcode is the answer's (RFC 6604 2.1)."""
         zone_answer = result.response.answer
-        rcode, records = await recursor.resolve(str(zone_answer[-1][3]), query.qtype)
+        rcode, records = await recursor.resolve(str(zone_answer[-1][3]), query.qtype, do=query.edns_do, cd=query.cd)
         if rcode not in (wire.NOERROR, wire.NXDOMAIN):
             return wire.encode_error(query, wire.SERVFAIL, True, self.edns_size), "error"
         response = wire.Response(rcode=rcode, aa=False, answer=[*zone_answer, *records])

@@ -276,6 +276,10 @@ RRL_BUCKETS = Gauge("dnsd_rrl_buckets", "Response rate limiting buckets held (cl
 DNS64_SYNTHESIZED = Counter("dnsd_dns64_synthesized_total", "AAAA answers synthesized by DNS64", ["kind"])
 DNSSEC_VALIDATIONS = Counter("dnsd_dnssec_validations_total",
                              "Recursive answers judged by the DNSSEC validator", ["result"])
+AGGRESSIVE_ANSWERS = Counter(
+    "dnsd_aggressive_answers_total",
+    "Negative answers synthesized from cached validated NSEC/NSEC3 ranges (RFC 8198), by kind "
+    "(nxdomain, nodata) and proof (nsec, nsec3)", ["kind", "proof"])
 
 # ---- zone transfers (dnsd as hidden primary) ---------------------------------------------------
 TRANSFERS = Counter(

@@ -223,10 +223,24 @@ def _ds_lines(zone: str, keys: dns.rrset.RRset, wrong: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Victim zones for the aggressive NSEC tests and benchmark (`Signed(extra=VICTIMS, backends=...)`):
+#: the delegation points at the first address, where the test runs a query-counting proxy
+#: (tests/counting_proxy.py) in front of the Knot at the backend address.
+VICTIMS: dict[str, tuple[str, str, str]] = {
+    "victim-nsec.test.": (NET + "30", "ecdsa-nsec", "www A 192.0.2.130\n"),
+    "victim-nsec3.test.": (NET + "31", "ecdsa-nsec3", "www A 192.0.2.131\n"),
+}
+VICTIM_BACKENDS = {"victim-nsec.test.": NET + "130", "victim-nsec3.test.": NET + "131"}
+
+
 @dataclass
 class Signed:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="dnsd-signed-")))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: zones served besides ZONES (same shape), and zone -> address where its Knot listens when that
+    #: is not the delegated address (something else, e.g. a counting proxy, serves that one)
+    extra: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
 
     @property
     def root_hints(self) -> str:
@@ -285,13 +299,15 @@ class Signed:
 
     def _start(self) -> Signed:
         # leaves first: the zones directly under test. and those one level further down
-        order = sorted(ZONES, key=lambda z: -z.count("."))
+        zones = {**ZONES, **self.extra}
+        order = sorted(zones, key=lambda z: -z.count("."))
         ds: dict[str, str] = {}
         for zone in order:
-            address, policy, records = ZONES[zone]
-            body = _soa(zone, address) + records
+            public, policy, records = zones[zone]
+            body = _soa(zone, public) + records
+            address = self.backends.get(zone, public)
             # the DS of delegated children (only nsec.test. and optout.test. have unsigned ones)
-            body += "".join(ds.get(child, "") for child in ZONES if child.endswith("." + zone))
+            body += "".join(ds.get(child, "") for child in zones if child.endswith("." + zone))
             if policy == "unsigned":
                 self._knot(address, zone, body, None)
                 _wait_soa(address, zone)
@@ -302,9 +318,9 @@ class Signed:
             else:
                 self._knot(address, zone, body, policy)
                 ds[zone] = _ds_lines(zone, _dnskeys(address, zone), wrong=zone in WRONG_DS)
-        tld = _soa("test.", TLD) + "".join(f"{z.split('.')[0]}.test. NS ns.{z}\nns.{z} A {ZONES[z][0]}\n"
-                                           for z in ZONES if z.count(".") == 2)
-        tld += "".join(ds[z] for z in ZONES if z.count(".") == 2 and z in ds)
+        tld = _soa("test.", TLD) + "".join(f"{z.split('.')[0]}.test. NS ns.{z}\nns.{z} A {zones[z][0]}\n"
+                                           for z in zones if z.count(".") == 2)
+        tld += "".join(ds[z] for z in zones if z.count(".") == 2 and z in ds)
         self._knot(TLD, "test.", tld, "ecdsa-nsec3")
         tld_keys = _dnskeys(TLD, "test.")
         root = f"""$ORIGIN .

@@ -1240,3 +1240,50 @@ def test_ingress_gateway_objects_never_raise_but_invalid_object(kind: str, spec:
 
 
 _FUZZ_ZONE = ZoneIndex(config_module.from_mapping({"zone": "example.net", "ingress": True, "gateway_api": True}))
+
+
+def test_aggressive_nsec_cache_survives_mutated_proofs() -> None:
+    """5,000 "secure" negative answers with mutated NSEC, NSEC3, RRSIG and SOA rdata (and owners) taught
+    to the RFC 8198 range cache (dnsd.recursor.aggressive), each followed by lookups of random names:
+    neither learning nor answering may raise, and what is answered is a negative answer."""
+    from dnsd.recursor.aggressive import AggressiveCache
+
+    rng = random.Random(8198)
+    seeds, _ = _dnssec_seeds()
+    apex = message.to_wire("example.")
+    soa_rdata = message.to_wire("ns.example.") + message.to_wire("h.example.") + struct.pack("!IIIII", 1, 2, 3, 4, 300)
+    sigs = {covered: [struct.pack("!H", covered) + sig[2:] for sig in seeds[46]] for covered in (6, 47, 50)}
+
+    def maybe(data: list[bytes]) -> bytes:
+        return mutate(data, rng) if rng.random() < 0.5 else rng.choice(data)
+    owners = [apex, message.to_wire("www.example."), message.to_wire("*.example."),
+              message.to_wire("2t7b4g4vsa5smi47k61mv5bv1a22bojr.example."), message.to_wire("a.b.example.")]
+    cache = AggressiveCache(max_ranges=500)
+
+    def random_name() -> bytes:
+        """A valid name (query names and owners reach the cache parsed): random labels under the zone."""
+        parts = [rng.choice(["*", "www", "a", "b", "\\000", "2t7b4g4vsa5smi47k61mv5bv1a22bojr", "Z" * 63,
+                             rng.randbytes(4).hex()]) for _ in range(rng.randint(0, 3))]
+        return message.to_wire(".".join([*parts, rng.choice(["example.", "other.", "."])]))
+    answered = 0
+    for _ in range(5000):
+        authority = [RR(apex, SOA, CLASS_IN, rng.choice([0, 300, 2**31]), maybe([soa_rdata])),
+                     RR(apex, 46, CLASS_IN, 300, maybe(sigs[6]))]
+        for _ in range(rng.randint(1, 4)):
+            rtype = rng.choice([47, 50])
+            owner = rng.choice(owners) if rng.random() < 0.7 else random_name()
+            authority += [RR(owner, rtype, CLASS_IN, rng.choice([1, 300]), maybe(seeds[rtype])),
+                          RR(owner, 46, CLASS_IN, 300, maybe(sigs[rtype]))]
+        answer = Answer(rng.choice([0, 3]), (), tuple(authority), 1)
+        try:
+            cache.learn(answer)
+            for _ in range(3):
+                name = rng.choice(owners) if rng.random() < 0.3 else random_name()
+                found = cache.answer(name, rng.choice([1, 16, 28, 43, 255]))
+                if found is not None:
+                    answered += 1
+                    assert found.rcode in (0, 3) and not found.answer and found.security == 1
+        except Exception as exc:
+            raise AssertionError(f"{exc!r} for {answer}") from exc
+    assert len(cache) <= 500
+    assert answered > 100  # the seeds are valid often enough for ranges to be learned and used

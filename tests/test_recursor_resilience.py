@@ -82,6 +82,7 @@ alive. NS ns.alive.
 ns.alive. A {ALIVE}
 www A 192.0.2.60
 busy 10 A 192.0.2.61
+v4host A 1.2.3.4
 """
 
 
@@ -232,6 +233,52 @@ def test_externalname_is_chased_for_recursing_clients_only(net: Network, hints: 
         assert net[ALIVE].count("www.alive.", "A") == alive_queries
         # the chase follows the target's fate: the zone's CNAME stays, the target's rcode is the answer's
         assert ask(proc, EXTERNAL, "TXT").rcode() == dns.rcode.NOERROR
+
+
+EXTERNAL64_MANIFESTS = """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: ext64, namespace: default}
+  spec: {type: ExternalName, externalName: v4host.alive}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: ext, namespace: default}
+  spec: {type: ExternalName, externalName: www.alive}
+"""
+
+
+def test_chased_externalname_target_gets_dns64_like_a_direct_query(
+        net: Network, hints: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The AAAA of a chased ExternalName whose target has only an A record is synthesized (RFC 6147),
+    with the same address and TTL bound as a direct AAAA query for the target gets."""
+    manifests = tmp_path_factory.mktemp("external64") / "cluster.yaml"
+    manifests.write_text(EXTERNAL64_MANIFESTS)
+    owner = "ext64.default.svc.c2.k8s.ooo."
+    with DnsdProcess("--zone", "c2.k8s.ooo", "--source", f"file:{manifests}", "--recursion", "iterate",
+                     "--root-hints", hints, "--allow-recursion", "127.0.0.1/32") as proc:
+        for _ in range(2):  # the second time from the caches
+            chased = ask(proc, owner, "AAAA")
+            assert chased.rcode() == dns.rcode.NOERROR
+            assert [rrset.name.to_text() for rrset in chased.answer] == [owner, "v4host.alive."]
+            assert rdata_texts(chased, "CNAME") == ["v4host.alive."]
+            assert rdata_texts(chased, "AAAA") == ["64:ff9b::102:304"]
+        direct = ask(proc, "v4host.alive.", "AAAA")
+        assert rdata_texts(direct, "AAAA") == ["64:ff9b::102:304"]
+        # a target whose only address may not be embedded in the Well-Known Prefix (192.0.2.60,
+        # RFC 6052 3.1) stays a NODATA behind the CNAME, as a direct query does
+        plain = ask(proc, EXTERNAL, "AAAA")
+        assert plain.rcode() == dns.rcode.NOERROR
+        assert rdata_texts(plain, "CNAME") == ["www.alive."] and rdata_texts(plain, "AAAA") == []
+        # DO+CD (a validating stub): no synthesis (RFC 6147 5.5), for the chase as for a direct query
+        query = dns.message.make_query(owner, "AAAA", want_dnssec=True, use_edns=0)
+        query.flags |= dns.flags.CD
+        stub = dns.query.udp(query, proc.host, port=proc.port, timeout=10)
+        assert rdata_texts(stub, "CNAME") == ["v4host.alive."] and rdata_texts(stub, "AAAA") == []
+        # the A query itself is untouched
+        assert rdata_texts(ask(proc, owner, "A"), "A") == ["1.2.3.4"]
 
 
 def test_qname_minimisation_shows_each_server_only_the_next_label(net: Network, hints: str) -> None:

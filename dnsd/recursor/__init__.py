@@ -50,6 +50,7 @@ from dnsd.dnssec import DNSSEC_TYPES, RRSIG
 from dnsd.recursor import hints as root_hints
 from dnsd.recursor import upstream
 from dnsd.recursor import validator as dnssec_validator
+from dnsd.recursor.aggressive import AggressiveCache
 from dnsd.recursor.cache import NAME_WIDE, Answer, Cache
 from dnsd.recursor.chain import Budget, ResolveError
 from dnsd.recursor.forwarder import Forwarder
@@ -139,6 +140,8 @@ class Recursor:
                 dnssec_validator.load_anchors(config.trust_anchor),
                 [to_wire(n) if n else b"\x00" for n in config.negative_trust_anchor], self._fetch)
         dnssec = self.validator is not None
+        #: RFC 8198: validated NSEC/NSEC3 ranges, only with validation on
+        self.aggressive = AggressiveCache() if dnssec else None
         self.engine: Iterator | Forwarder | None = None
         if config.recursion == "forward":
             self.engine = Forwarder(config.forwarder, self.infra, timeout=settings.timeout,
@@ -238,11 +241,20 @@ class Recursor:
         return self._encode(query, result.rcode, result.answer, result.authority, limit, ad=ad,
                             ede=result.ede), source
 
-    async def resolve(self, qname: str, qtype: int) -> tuple[int, list[tuple[str, int, int, bytes]]]:
-        """(rcode, [(owner, type, ttl, uncompressed rdata)]) for a name outside dnsd's zones."""
+    async def resolve(self, qname: str, qtype: int, *, do: bool = False,
+                      cd: bool = False) -> tuple[int, list[tuple[str, int, int, bytes]]]:
+        """(rcode, [(owner, type, ttl, uncompressed rdata)]) for a name outside dnsd's zones (the
+        target of an in-zone CNAME chased for a recursing client); an AAAA query gets DNS64 exactly
+        as a direct one does (`do`, `cd`: the client's flags, RFC 6147 5.5)."""
+        name = to_wire(qname)
+        synthesis = self.dns64 and dns64.wants_synthesis(qtype, do, cd) and not dns64.under(
+            qname.rstrip(".").lower(), self.config.zone)
         try:
             async with asyncio.timeout(self.settings.query_timeout):
-                result = await self._lookup(to_wire(qname), qtype, False, _Trace())
+                if synthesis:
+                    result = await self._aaaa(name, False, _Trace(), cd)
+                else:
+                    result = await self._lookup(name, qtype, False, _Trace())
         except (ResolveError, TimeoutError, ValueError):
             return SERVFAIL, []
         if result.security == dnssec_validator.BOGUS:
@@ -268,16 +280,20 @@ class Recursor:
                     return await self._ptr(name, to_wire(target), cache_only, trace)
         if not (synthesis and dns64.wants_synthesis(qtype, query.edns_do, query.cd)):
             return await self._lookup(name, qtype, cache_only, trace)
+        return await self._aaaa(name, cache_only, trace, query.cd)
+
+    async def _aaaa(self, name: bytes, cache_only: bool, trace: _Trace, cd: bool) -> Answer:
+        """An AAAA lookup with DNS64 (RFC 6147 5.1), for a client query or a chased CNAME target."""
         try:
-            aaaa = await self._lookup(name, qtype, cache_only, trace)
+            aaaa = await self._lookup(name, AAAA, cache_only, trace)
         except ResolveError:
             # RFC 6147 5.1.3: an error other than NXDOMAIN is treated like an empty answer, so
             # that names behind servers that fail AAAA queries still get synthesized addresses
             aaaa = Answer(SERVFAIL)
-        if aaaa.security == dnssec_validator.BOGUS and not query.cd:
+        if aaaa.security == dnssec_validator.BOGUS and not cd:
             # RFC 6147 5.5: the negative answer is validated before the A query; bogus stops here
             return replace(aaaa, ede=dnssec_validator.EDE_BOGUS)
-        result = await self._synthesize(name, aaaa, cache_only, trace, query.cd)
+        result = await self._synthesize(name, aaaa, cache_only, trace, cd)
         if result.rcode == SERVFAIL:
             raise ResolveError("aaaa")
         return result
@@ -301,6 +317,8 @@ class Recursor:
             judged = await self.validator.validate(name, qtype, result)
             stored = self.cache.put(name, qtype, judged)
             judged = stored if stored.security == judged.security else judged
+            if self.aggressive is not None and judged.security == dnssec_validator.SECURE:
+                self.aggressive.learn(judged)
             future.set_result(judged)
             return judged
         except Exception as exc:
@@ -316,10 +334,13 @@ class Recursor:
 
     async def _fetch(self, name: bytes, qtype: int) -> Answer:
         """An unvalidated lookup for the validator's own DS and DNSKEY queries."""
-        return await self._resolve(name, qtype, False, _Trace())
+        return await self._resolve(name, qtype, False, _Trace(), aggressive=False)
 
-    async def _resolve(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace) -> Answer:
-        """The full answer for (name, qtype): cache first, then one shared resolution."""
+    async def _resolve(self, name: bytes, qtype: int, cache_only: bool, trace: _Trace,
+                       aggressive: bool = True) -> Answer:
+        """The full answer for (name, qtype): cache first, then the validated NSEC/NSEC3 ranges
+        (RFC 8198; not for the validator's own DS and DNSKEY fetches, `aggressive` False), then one
+        shared resolution."""
         cached = self.cache.get(name, qtype)
         if cached is not None:
             if cached.failed:
@@ -331,6 +352,11 @@ class Recursor:
             if not cache_only and self.cache.prefetch_due(name, qtype):
                 self._prefetch(name, qtype)
             return cached
+        if aggressive and self.aggressive is not None and self.validator is not None \
+                and not self.validator.covered(name):
+            synthesized = self.aggressive.answer(name, qtype)
+            if synthesized is not None:
+                return synthesized
         if cache_only:
             raise CacheMiss
         trace.upstream = True

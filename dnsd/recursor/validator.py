@@ -224,6 +224,10 @@ class Validator:
         k = key(name)
         return any(_subdomain(k, n) for n in self.negative)
 
+    def covered(self, name: bytes) -> bool:
+        """Whether a negative trust anchor switches validation off for `name` (RFC 7646)."""
+        return self._covered(name)
+
     async def _answer(self, qname: bytes, qtype: int, answer: Answer, work: Work,
                       caps: dict[tuple[bytes, int], int]) -> tuple[int, int | None]:
         sigs: dict[tuple[bytes, int], list[Rrsig]] = {}
@@ -341,8 +345,8 @@ class Validator:
             return BOGUS, proof
         nsecs, chain = proof
         if nsecs:
-            proven = (nsec.nxdomain(nsecs, name, zone.zone) if answer.rcode == NXDOMAIN
-                      else nsec.nodata(nsecs, name, qtype, zone.zone))
+            proven = (nsec.nxdomain(nsecs, name, zone.zone) and not nsec_shows_existence(nsecs, name)
+                      if answer.rcode == NXDOMAIN else nsec.nodata(nsecs, name, qtype, zone.zone))
             return (SECURE, None) if proven else (BOGUS, EDE_NSEC_MISSING)
         if chain is None:
             return BOGUS, EDE_NSEC_MISSING
@@ -575,6 +579,21 @@ class Validator:
         usable = tuple((t, k) for t, k in keys if k.zone_key and not k.revoked and k.protocol == 3)
         lifetime = min(ttl, *(rr.ttl for rr in key_rrs), max(0, sig.expiration - int(self.clock())) or 1)
         return ZoneKeys(zone, SECURE, usable, None, lifetime)
+
+
+def nsec_shows_existence(proof: Iterable[tuple[bytes, records.Nsec]], name: bytes) -> bool:
+    """Whether an NSEC of the proof says that `name` exists: its own NSEC, or a covering one whose next
+    name lies below it (an empty non-terminal, RFC 4035 3.1.3.2); such a "proof" of NXDOMAIN
+    contradicts itself (the nsec module's check alone would accept the ENT case, the wildcard at the
+    name itself being covered)."""
+    k = key(name)
+    for owner, record in proof:
+        if key(owner) == k:
+            return True
+        if nsec.covers(owner, record.next_name, name) and _subdomain(record.next_name, name) \
+                and key(record.next_name) != k:
+            return True
+    return False
 
 
 def _sigs_for(rrs: Iterable[RR], owner: bytes, rtype: int) -> list[Rrsig]:

@@ -71,6 +71,9 @@ query_logger = logging.getLogger("dnsd.query")
 MAX_CACHED_RESPONSES = 200_000
 #: Byte budget of the fast-path store of recursive answers (see `RecursiveStore`); the oldest go first.
 MAX_RECURSIVE_BYTES = 32 * 1024 * 1024
+#: Entries and bytes of the separate area for recursive NXDOMAIN answers (see `Handler._recursive_nx`).
+MAX_RECURSIVE_NX = 20_000
+MAX_RECURSIVE_NX_BYTES = 4 * 1024 * 1024
 #: Recursive answers longer than this are not kept for the fast path (a 3,800-record TCP answer cost
 #: 380 KB there); their repeats take the slow path and the recursor's cache.
 MAX_RECURSIVE_ANSWER = 4096
@@ -400,6 +403,9 @@ class Handler:
         self._keys_by_name: dict[str, set[bytes]] = {}
         self._volatile: set[bytes] = set()
         self._recursive = RecursiveStore()
+        # Recursive NXDOMAINs apart, in a smaller area: a random-subdomain flood through the resolver
+        # makes one per name, and in the same store they would push out the answers people ask again.
+        self._recursive_nx = RecursiveStore(MAX_RECURSIVE_NX_BYTES, MAX_RECURSIVE_NX)
         self._outstanding = 0
         self._outstanding_by_client: dict[str, int] = {}
         #: recursive queries in progress, oldest first, with their start time (perf_counter)
@@ -431,7 +437,7 @@ class Handler:
     @property
     def cached_responses(self) -> int:
         """Number of pre-encoded responses held (for metrics and tests)."""
-        return len(self._responses) + len(self._recursive)
+        return len(self._responses) + len(self._recursive) + len(self._recursive_nx)
 
     @property
     def outstanding(self) -> int:
@@ -579,11 +585,12 @@ class Handler:
             reply = b"".join((data[:2], heads[data[2] & 1], data[12:qend], tail))
             self.stats.answered(labels, time.perf_counter() - started)
             return reply
-        if key[-1] & _FLAG_RECURSE and (cached := self._recursive.get(key)) is not None:
+        if key[-1] & _FLAG_RECURSE and ((cached := self._recursive.get(key)) is not None
+                                        or (cached := self._recursive_nx.get(key)) is not None):
             # a cached recursive answer, TTLs counted down
             current = cached.at(time.monotonic())
             if current is None:
-                del self._recursive[key]
+                del (self._recursive if key in self._recursive else self._recursive_nx)[key]
                 return None
             template, udp_labels, tcp_labels = current, cached.udp_labels, cached.tcp_labels
         else:
@@ -894,7 +901,7 @@ class Handler:
         if lifetime >= PREFETCH_MIN_TTL:
             # the last tenth goes through the recursor's cache, whose hits there start a prefetch
             entry.expires = entry.stored + lifetime * (1 - PREFETCH_SHARE)
-        self._recursive.put(key, entry)
+        (self._recursive_nx if rcode == wire.NXDOMAIN else self._recursive).put(key, entry)
 
     def _finish(self, reply: bytes, query: wire.Query, rcode: int, source: str, transport: str,
                 started: float, host: str) -> bytes:

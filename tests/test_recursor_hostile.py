@@ -692,3 +692,45 @@ def test_the_oldest_work_gives_way_when_every_slot_waits_on_a_dead_zone(crowded:
         flood.close()
     assert crowded.metric("dnsd_limit_hits_total", limit="recursion_jostled") >= 1
     assert crowded.metric("dnsd_limit_hits_total", limit="recursion_outstanding") == 0
+
+
+class _FloodEngine:
+    """An upstream where `known.example` has an A record and every name under `victim.example` is NXDOMAIN."""
+
+    SOA = RR(b"\x06victim\x07example\x00", 6, 1, 300,
+             b"\x02ns\x06victim\x07example\x00\x04host\x06victim\x07example\x00" + bytes(16) + b"\x00\x00\x01\x2c")
+
+    async def lookup(self, qname: bytes, qtype: int, budget: Budget) -> Answer:
+        if qname == b"\x05known\x07example\x00":
+            return Answer(0, (RR(qname, 1, 1, 300, bytes((192, 0, 2, 1))),))
+        return Answer(3, (), (self.SOA,))
+
+
+async def test_a_flood_of_recursive_nxdomains_does_not_push_known_answers_out_of_the_fast_path() -> None:
+    """Recursive NXDOMAINs live in their own, smaller area of the fast-path store: 3,000 unique flood
+    names (each one NXDOMAIN, each stored once) leave the cached answer of a name people ask again where
+    it was, and the NXDOMAIN area stays within its own bound."""
+    cfg = config.from_mapping({"zone": "c2.k8s.ooo", "recursion": "forward", "forwarder": ["127.0.0.1:9"],
+                                "dnssec_validation": False})
+    zone = ZoneIndex(cfg)
+    zone.mark_synced()
+    rec = Recursor(cfg)
+    rec.engine = _FloodEngine()  # type: ignore[assignment]
+    handler = Handler(cfg, zone, QueryStats(), rec)
+
+    async def ask(data: bytes) -> dns.message.Message:
+        reply = handler.respond(data, "127.0.0.1", False)
+        answer = reply if isinstance(reply, bytes) or reply is None else await reply
+        assert answer is not None
+        return dns.message.from_wire(answer)
+
+    known = dns.message.make_query("known.example", "A").to_wire()
+    assert (await ask(known)).answer
+    rng = random.Random(3)
+    for _ in range(3000):
+        flood = dns.message.make_query(f"r{rng.getrandbits(48):x}.victim.example", "A").to_wire()
+        assert (await ask(flood)).rcode() == dns.rcode.NXDOMAIN
+    assert handler.fast(known, "127.0.0.1", False) is not None  # still a fast-path answer
+    assert len(handler._recursive) == 1  # the flood went elsewhere ...
+    assert 0 < len(handler._recursive_nx) <= 3000  # ... to the NXDOMAIN area
+    assert handler.fast(flood, "127.0.0.1", False) is not None  # a repeated flood name is still fast

@@ -74,6 +74,8 @@ MAX_RECURSIVE_BYTES = 32 * 1024 * 1024
 #: Entries and bytes of the separate area for recursive NXDOMAIN answers (see `Handler._recursive_nx`).
 MAX_RECURSIVE_NX = 20_000
 MAX_RECURSIVE_NX_BYTES = 4 * 1024 * 1024
+#: Bound of the remembered name suffixes of `_negative_verdict` (a few per namespace in practice).
+MAX_SUFFIX_SHAPES = 4096
 #: Recursive answers longer than this are not kept for the fast path (a 3,800-record TCP answer cost
 #: 380 KB there); their repeats take the slow path and the recursor's cache.
 MAX_RECURSIVE_ANSWER = 4096
@@ -398,6 +400,9 @@ class Handler:
         self._responses: dict[bytes, StoredAnswer] = {}
         self._templates: dict[Verdict, NegativeTemplate] = {}  # name-independent answers, see Verdict
         self._negative_keys: dict[bytes, NegativeTemplate] = {}  # key -> the template that answered it
+        #: wire name after a first label -> where the zone's apex starts in it, for names whose labels
+        #: are plain and walk to the apex on a boundary (`_negative_verdict`); static, so never invalidated
+        self._suffix_shapes: dict[bytes, int] = {}
         # name -> keys of responses built from it; a set, so a key re-stored after an invalidation
         # through another of its names is not listed twice
         self._keys_by_name: dict[str, set[bytes]] = {}
@@ -585,7 +590,7 @@ class Handler:
             reply = b"".join((data[:2], heads[data[2] & 1], data[12:qend], tail))
             self.stats.answered(labels, time.perf_counter() - started)
             return reply
-        if key[-1] & _FLAG_RECURSE and ((cached := self._recursive.get(key)) is not None
+        if key[-1] & _FLAG_RECURSE and self.recursor is not None and ((cached := self._recursive.get(key)) is not None
                                         or (cached := self._recursive_nx.get(key)) is not None):
             # a cached recursive answer, TTLs counted down
             current = cached.at(time.monotonic())
@@ -651,24 +656,36 @@ class Handler:
         # the view of the key's access class (the publication policy): the Internet's for the rest
         zone = self.zone if tail[4] & _FLAG_RECURSE else self.internet
         apex, apex_at = zone.apex_of_wire(name_wire)
-        at = labels = 0
-        boundary = apex_at == 0
-        big = False
-        while at < end:
-            length = key[at]
-            if length > 41:  # long labels: their length octet may read as a plain character
-                if length > 63:
-                    return None
-                big = True
-            at += 1 + length
-            labels += 1
-            if at == apex_at:
-                boundary = True
-        if at != end:
-            return None  # a zero octet inside a label
+        first = key[0]
+        # A flood's names differ in their first label only: what the walk below found for the rest of
+        # the name (plain labels, the apex on a label boundary) is remembered by that rest's octets.
+        shape = self._suffix_shapes.get(name_wire[1 + first :]) if 0 < first < 42 and first + 1 < end else None
+        if (shape is not None and apex_at == first + 1 + shape
+                and not name_wire[1 : 1 + first].translate(None, _PLAIN_WIRE_BYTES)):
+            plain = boundary = True
+        else:
+            at = labels = 0
+            boundary = apex_at == 0
+            big = False
+            while at < end:
+                length = key[at]
+                if length > 41:  # long labels: their length octet may read as a plain character
+                    if length > 63:
+                        return None
+                    big = True
+                at += 1 + length
+                labels += 1
+                if at == apex_at:
+                    boundary = True
+            if at != end:
+                return None  # a zero octet inside a label
+            plain = not big and len(name_wire.translate(None, _PLAIN_WIRE_BYTES)) == labels + 1
+            if plain and boundary and apex_at > first and 0 < first < 42:
+                if len(self._suffix_shapes) >= MAX_SUFFIX_SHAPES:
+                    self._suffix_shapes.clear()
+                self._suffix_shapes[name_wire[1 + first :]] = apex_at - first - 1
         if tail[2:4] != b"\x00\x01":
             return None if tail[2:4] == b"\x00\xff" else ("", wire.REFUSED, tail, False)
-        plain = not big and len(name_wire.translate(None, _PLAIN_WIRE_BYTES)) == labels + 1
         if plain and (boundary or apex is None):
             if apex is None:  # no zone's apex ends the name: outside (escapes cannot hide one)
                 if self.recursor is not None and tail[4] & _FLAG_RECURSE:

@@ -373,6 +373,9 @@ class Handler:
     #: AXFR, IXFR, NOTIFY and TSIG-signed queries go here when transfers are configured (`dnsd.xfr`).
     transfers: Transfers | None = None
     signer: Signer | None = None  # --dnssec-keys: DO=1 zone answers carry RRSIGs and NSEC3
+    #: The Internet view's own signer (its NSEC3 chain covers only the names the Internet sees); when
+    #: there is no separate Internet view, `signer` serves both.
+    internet_signer: Signer | None = None
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
                  recursor: Recursor | None = None, internet: ZoneIndex | None = None) -> None:
@@ -710,8 +713,9 @@ class Handler:
             self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype,
-                                     self.signer if query.edns_do else None)
+            view = self.zone if may_recurse else self.internet
+            result = authority.answer(view, query.qname, query.qtype,
+                                      self._signer_of(view) if query.edns_do else None)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,
@@ -743,6 +747,12 @@ class Handler:
         else:
             reply = wire.encode(query, result.response, ra, limit, self.edns_size)
         return self._finish(reply, query, rcode, "zone", transport, started, host)
+
+    def _signer_of(self, view: ZoneIndex) -> Signer | None:
+        """The signer of `view`: never the cluster's for the Internet (its NSEC3 chain would leak names)."""
+        if view is self.zone:
+            return self.signer
+        return self.internet_signer
 
     def _maybe_store(self, found: FastKey | None, reply: bytes, result: authority.Answer | None,
                      query: wire.Query, rcode: int, source: str) -> None:

@@ -103,22 +103,28 @@ def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @contextlib.contextmanager
-def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[int]:
-    """Unbound on a free port, stub zones to dnsd, `work/anchors` as its only trust anchors; its port."""
+def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...], outgoing: str = "",
+                name: str = "unbound") -> Iterator[int]:
+    """Unbound on a free port, stub zones to dnsd, `work/anchors` as its only trust anchors; its port.
+
+    `outgoing`: the source address of its queries to dnsd (127.0.0.2 is the Internet for a dnsd with
+    `--allow-recursion 127.0.0.1/32`); `name` tells the files of two Unbounds in one directory apart.
+    """
     port = free_port()
+    interface = f"    outgoing-interface: {outgoing}\n" if outgoing else ""
     stubs = "".join(f"stub-zone:\n    name: \"{zone}\"\n    stub-addr: 127.0.0.1@{dnsd_port}\n" for zone in zones)
     # The cache holds answers for a second at most, so that a change in the zone is seen at once.
-    (work / "unbound.conf").write_text(f"""server:
+    (work / f"{name}.conf").write_text(f"""server:
     interface: 127.0.0.1
-    port: {port}
+{interface}    port: {port}
     do-ip6: no
     do-not-query-localhost: no
     username: ""
     chroot: ""
     directory: "{work}"
-    pidfile: "{work}/unbound.pid"
+    pidfile: "{work}/{name}.pid"
     use-syslog: no
-    logfile: "{work}/unbound.log"
+    logfile: "{work}/{name}.log"
     verbosity: 1
     module-config: "validator iterator"
     trust-anchor-file: "{work}/anchors"
@@ -132,7 +138,7 @@ def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[
 {stubs}remote-control:
     control-enable: no
 """)
-    unbound = subprocess.Popen([_tool("unbound"), "-d", "-c", str(work / "unbound.conf")],
+    unbound = subprocess.Popen([_tool("unbound"), "-d", "-c", str(work / f"{name}.conf")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -142,7 +148,7 @@ def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[
                 break
             except (dns.exception.Timeout, OSError):
                 if time.monotonic() > deadline or unbound.poll() is not None:
-                    pytest.fail(f"unbound did not answer:\n{(work / 'unbound.log').read_text(errors='replace')}")
+                    pytest.fail(f"unbound did not answer:\n{(work / f'{name}.log').read_text(errors='replace')}")
                 time.sleep(0.1)
         yield port
     finally:

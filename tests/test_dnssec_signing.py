@@ -184,8 +184,15 @@ def test_ptr_in_the_reverse_zone_validates(signed: Signed) -> None:
 def test_denials_validate(signed: Signed) -> None:
     reply = _validated(signed, "nope." + ZONE, "A", dns.rcode.NXDOMAIN)
     assert not reply.answer
-    for i in range(5):  # names of one zone and type: each denial needs its own NSEC3 (no shared template)
+    templates = signed.dnsd.metric("dnsd_fast_path_answers_total", kind="template")
+    for i in range(5):  # names of one zone and type: each denial needs its own NSEC3 proof
         _validated(signed, f"flood{i}." + ZONE, "A", dns.rcode.NXDOMAIN)
+    for i in range(20):  # the fast path's DO=1 denials: the template's SOA, the name's NSEC3 proof
+        _validated(signed, f"fast{i}.default.svc." + ZONE, "AAAA", dns.rcode.NXDOMAIN)
+        _validated(signed, f"x{i}.web.default.svc." + ZONE, "A", dns.rcode.NXDOMAIN)
+    _validated(signed, "api.default.svc." + ZONE, "TXT")  # NODATA, twice: the second from the template
+    _validated(signed, "api.default.svc." + ZONE, "MX")
+    assert signed.dnsd.metric("dnsd_fast_path_answers_total", kind="template") - templates >= 40
     _validated(signed, "deep.nope.default.svc." + ZONE, "AAAA", dns.rcode.NXDOMAIN)
     reply = _validated(signed, "web.default.svc." + ZONE, "TXT")  # NODATA
     assert not reply.answer

@@ -71,6 +71,10 @@ class _Chain:
     names: dict[bytes, str] = field(default_factory=dict)
     types: dict[bytes, frozenset[int]] = field(default_factory=dict)
     records: dict[bytes, tuple[str, bytes, tuple[bytes, ...]]] = field(default_factory=dict)  # owner, rdata, sigs
+    #: per hash, the NSEC3 RR and its RRSIGs pre-encoded for the fast path (`Signer.denial_wire`): the
+    #: owner's first label with its length octet, the owner label's text, the NSEC3's type, class, TTL
+    #: and rdata, and each RRSIG's; owner names are pointers, filled in per reply
+    wire: dict[bytes, tuple[bytes, str, bytes, tuple[bytes, ...]]] = field(default_factory=dict)
 
 
 class Signer:
@@ -300,6 +304,7 @@ class Signer:
             del chain.names[digest]
             del chain.types[digest]
             del chain.records[digest]
+            del chain.wire[digest]
             if chain.hashes:
                 self._resign_nsec3(chain, chain.hashes[(i - 1) % len(chain.hashes)])
             return
@@ -327,9 +332,14 @@ class Signer:
         i = bisect.bisect_left(chain.hashes, digest)
         following = chain.hashes[(i + 1) % len(chain.hashes)]
         rdata = _NSEC3_HEAD + following + encode_type_bitmap(chain.types[digest])
-        owner = b32(digest).decode() + "." + chain.apex
-        sigs = self._sign(chain.apex, owner, NSEC3, self._nsec3_ttl(), (rdata,))
+        label = b32(digest).decode()
+        owner = label + "." + chain.apex
+        ttl = self._nsec3_ttl()
+        sigs = self._sign(chain.apex, owner, NSEC3, ttl, (rdata,))
         chain.records[digest] = (owner, rdata, sigs)
+        chain.wire[digest] = (bytes((len(label),)) + label.encode(), label,
+                              struct.pack("!HHIH", NSEC3, 1, ttl, len(rdata)) + rdata,
+                              tuple(struct.pack("!HHIH", RRSIG, 1, ttl, len(sig)) + sig for sig in sigs))
 
     def _matching(self, chain: _Chain, name: str) -> bytes | None:
         digest = self._hash_of.get(name)
@@ -354,39 +364,85 @@ class Signer:
         if apex is not None and not any(r[0] == final and r[1] != 5 for r in response.answer):
             chain = self._chains[apex]
             if response.rcode == NXDOMAIN:
-                self._nxdomain_proof(chain, final, response)
+                digests = self._denial(chain, final, True)
             elif response.rcode == 0 and response.authority and response.authority[0][1] == SOA:
-                found = self._matching(chain, final)
-                if found is not None:
-                    self._add_nsec3(chain, found, response, set())
+                digests = self._denial(chain, final, False)
+            else:
+                digests = []
+            for digest in digests:
+                self._add_nsec3(chain, digest, response)
         response.answer = list(self._with_sigs(response.answer))
         response.authority = list(self._with_sigs(response.authority))
         response.additional = list(self._with_sigs(response.additional))
 
-    def _nxdomain_proof(self, chain: _Chain, qname: str, response: Response) -> None:
-        """RFC 5155 7.2.2: closest encloser matched, next closer and wildcard covered."""
+    def _denial(self, chain: _Chain, qname: str, nxdomain: bool) -> list[bytes]:
+        """The hashes of the NSEC3 records that deny `qname`, in the order answers carry them.
+
+        NXDOMAIN (RFC 5155 7.2.2): the closest encloser matched, the next closer name and the wildcard
+        at the encloser covered, each once. NODATA (7.2.3): the name's own NSEC3. The slow path
+        (`augment`) and the fast path (`denial_wire`) both take them from here, so they agree.
+        """
+        if not nxdomain:
+            found = self._matching(chain, qname)
+            return [] if found is None else [found]
         parts = qname.split(".")
         encloser = chain.apex
         next_closer = qname
+        exists = self.zone.exists
         for i in range(1, len(parts)):
             candidate = ".".join(parts[i:])
-            if self.zone.exists(candidate) or candidate == chain.apex:
+            if candidate == chain.apex or exists(candidate):
                 encloser, next_closer = candidate, ".".join(parts[i - 1 :])
                 break
-        added: set[bytes] = set()
+        digests: list[bytes] = []
         for found in (self._matching(chain, encloser), self._covering(chain, next_closer),
                       self._covering(chain, "*." + encloser)):
-            if found is not None:
-                self._add_nsec3(chain, found, response, added)
+            if found is not None and found not in digests:
+                digests.append(found)
+        return digests
 
-    def _add_nsec3(self, chain: _Chain, digest: bytes, response: Response, added: set[bytes]) -> None:
-        if digest in added:
-            return
-        added.add(digest)
+    def _add_nsec3(self, chain: _Chain, digest: bytes, response: Response) -> None:
         owner, rdata, sigs = chain.records[digest]
         ttl = self._nsec3_ttl()
         response.authority.append((owner, NSEC3, ttl, rdata))
         response.authority.extend((owner, RRSIG, ttl, sig) for sig in sigs)
+
+    def denial_wire(self, apex: str, qname: str, nxdomain: bool, apex_at: int, at: int) -> tuple[bytes, int] | None:
+        """The NSEC3 records (with RRSIGs) denying `qname`, encoded as the slow path's encoder writes
+        them at offset `at` of a reply whose question holds the apex's labels at `apex_at`; and how
+        many records that is. For the fast path's DO=1 NXDOMAIN and NODATA (`handler.SignedDenial`).
+
+        Owner names are compressed as `wire.encode` compresses them: the hash label, then a pointer
+        to the apex in the question; each RRSIG's owner a pointer to its NSEC3's. None when the query
+        name itself ends in one of these owner names (the encoder would point into the question
+        there): the slow path answers such a name. A query never signs: the records and signatures
+        are the ones `_resign_nsec3` encoded when the chain last changed, so this is hashing (the
+        next closer and the wildcard), two bisects and a join.
+        """
+        chain = self._chains.get(apex)
+        if chain is None:
+            return b"", 0
+        digests = self._denial(chain, qname, nxdomain)
+        below = qname[: -len(apex) - 1].rsplit(".", 1)[-1] if len(qname) > len(apex) else ""
+        to_apex = struct.pack("!H", 0xC000 | apex_at)
+        parts: list[bytes] = []
+        count = 0
+        for digest in digests:
+            if at >= 0x4000:
+                return None  # the encoder no longer remembers names this far in: leave it to it
+            label, text, nsec3, sigs = chain.wire[digest]
+            if text == below:
+                return None
+            parts.append(label)
+            parts.append(to_apex)
+            parts.append(nsec3)
+            if sigs:
+                to_owner = struct.pack("!H", 0xC000 | at)
+                parts.append(to_owner)
+                parts.append(to_owner.join(sigs))
+            at += len(label) + 2 + len(nsec3) + sum(len(sig) + 2 for sig in sigs)
+            count += 1 + len(sigs)
+        return b"".join(parts), count
 
     def _with_sigs(self, records: list) -> Iterator:  # type: ignore[type-arg]
         sigs = self._sigs

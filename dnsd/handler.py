@@ -748,7 +748,7 @@ class Handler:
             return None
         soa = template.soa_tail(qend)
         proof = signer.denial_wire(template.apex, name, template.nxdomain, qend - 4 - template.apex_length,
-                                   qend + len(soa))
+                                   qend + len(soa), key[:-5])
         if proof is None:
             return None
         return template.reply(data, qend, soa, proof[0], proof[1], limit, tcp)

@@ -73,8 +73,9 @@ class _Chain:
     records: dict[bytes, tuple[str, bytes, tuple[bytes, ...]]] = field(default_factory=dict)  # owner, rdata, sigs
     #: per hash, the NSEC3 RR and its RRSIGs pre-encoded for the fast path (`Signer.denial_wire`): the
     #: owner's first label with its length octet, the owner label's text, the NSEC3's type, class, TTL
-    #: and rdata, and each RRSIG's; owner names are pointers, filled in per reply
-    wire: dict[bytes, tuple[bytes, str, bytes, tuple[bytes, ...]]] = field(default_factory=dict)
+    #: and rdata, and each RRSIG's; their encoded length and record count. Owner names after the first
+    #: label are pointers, filled in per reply
+    wire: dict[bytes, tuple[bytes, str, bytes, tuple[bytes, ...], int, int]] = field(default_factory=dict)
 
 
 class Signer:
@@ -89,6 +90,7 @@ class Signer:
         self._signed: dict[str, dict[int, tuple[int, tuple[Rdata, ...]]]] = {}
         self._chains = {name: _Chain(name) for name in self.apexes}
         self._hash_of: dict[str, bytes] = {}
+        self._wildcard_hashes: dict[str, bytes] = {}  # closest encloser -> hash of `*.<encloser>`
         self.signatures_made = 0
         self.on_resign: Callable[[set[str]], None] | None = None  # the handler's cache invalidation
         # (expiration, name, rtype) in signing order, which is expiry order: what `tick` refreshes.
@@ -337,9 +339,11 @@ class Signer:
         ttl = self._nsec3_ttl()
         sigs = self._sign(chain.apex, owner, NSEC3, ttl, (rdata,))
         chain.records[digest] = (owner, rdata, sigs)
-        chain.wire[digest] = (bytes((len(label),)) + label.encode(), label,
-                              struct.pack("!HHIH", NSEC3, 1, ttl, len(rdata)) + rdata,
-                              tuple(struct.pack("!HHIH", RRSIG, 1, ttl, len(sig)) + sig for sig in sigs))
+        head = bytes((len(label),)) + label.encode()
+        nsec3 = struct.pack("!HHIH", NSEC3, 1, ttl, len(rdata)) + rdata
+        signed = tuple(struct.pack("!HHIH", RRSIG, 1, ttl, len(sig)) + sig for sig in sigs)
+        size = len(head) + 2 + len(nsec3) + sum(len(sig) + 2 for sig in signed)
+        chain.wire[digest] = (head, label, nsec3, signed, size, 1 + len(signed))
 
     def _matching(self, chain: _Chain, name: str) -> bytes | None:
         digest = self._hash_of.get(name)
@@ -375,7 +379,7 @@ class Signer:
         response.authority = list(self._with_sigs(response.authority))
         response.additional = list(self._with_sigs(response.additional))
 
-    def _denial(self, chain: _Chain, qname: str, nxdomain: bool) -> list[bytes]:
+    def _denial(self, chain: _Chain, qname: str, nxdomain: bool, qname_wire: bytes | None = None) -> list[bytes]:
         """The hashes of the NSEC3 records that deny `qname`, in the order answers carry them.
 
         NXDOMAIN (RFC 5155 7.2.2): the closest encloser matched, the next closer name and the wildcard
@@ -387,16 +391,30 @@ class Signer:
             return [] if found is None else [found]
         parts = qname.split(".")
         encloser = chain.apex
-        next_closer = qname
+        start = 0  # the next closer name's first label
         exists = self.zone.exists
         for i in range(1, len(parts)):
             candidate = ".".join(parts[i:])
             if candidate == chain.apex or exists(candidate):
-                encloser, next_closer = candidate, ".".join(parts[i - 1 :])
+                encloser, start = candidate, i - 1
                 break
+        hashes = chain.hashes
+        if not hashes:
+            return []
+        if qname_wire is not None:  # the caller's wire form of the (plain) name: its suffix, no encoding
+            next_closer = qname_wire[sum(len(part) + 1 for part in parts[:start]):]
+        else:
+            next_closer = text_to_wire(".".join(parts[start:]))
+        wildcard = self._wildcard_hashes.get(encloser)
+        if wildcard is None:  # a pure function of the name: hashed once per encloser
+            if len(self._wildcard_hashes) >= 65_536:
+                self._wildcard_hashes.clear()
+            wildcard = self._wildcard_hashes[encloser] = hash_name(text_to_wire("*." + encloser), b"", 0)
+        count = len(hashes)
         digests: list[bytes] = []
-        for found in (self._matching(chain, encloser), self._covering(chain, next_closer),
-                      self._covering(chain, "*." + encloser)):
+        for found in (self._matching(chain, encloser),
+                      hashes[(bisect.bisect_right(hashes, hash_name(next_closer, b"", 0)) - 1) % count],
+                      hashes[(bisect.bisect_right(hashes, wildcard) - 1) % count]):
             if found is not None and found not in digests:
                 digests.append(found)
         return digests
@@ -407,7 +425,8 @@ class Signer:
         response.authority.append((owner, NSEC3, ttl, rdata))
         response.authority.extend((owner, RRSIG, ttl, sig) for sig in sigs)
 
-    def denial_wire(self, apex: str, qname: str, nxdomain: bool, apex_at: int, at: int) -> tuple[bytes, int] | None:
+    def denial_wire(self, apex: str, qname: str, nxdomain: bool, apex_at: int, at: int,
+                    qname_wire: bytes | None = None) -> tuple[bytes, int] | None:
         """The NSEC3 records (with RRSIGs) denying `qname`, encoded as the slow path's encoder writes
         them at offset `at` of a reply whose question holds the apex's labels at `apex_at`; and how
         many records that is. For the fast path's DO=1 NXDOMAIN and NODATA (`handler.SignedDenial`).
@@ -422,7 +441,7 @@ class Signer:
         chain = self._chains.get(apex)
         if chain is None:
             return b"", 0
-        digests = self._denial(chain, qname, nxdomain)
+        digests = self._denial(chain, qname, nxdomain, qname_wire)
         below = qname[: -len(apex) - 1].rsplit(".", 1)[-1] if len(qname) > len(apex) else ""
         to_apex = struct.pack("!H", 0xC000 | apex_at)
         parts: list[bytes] = []
@@ -430,18 +449,18 @@ class Signer:
         for digest in digests:
             if at >= 0x4000:
                 return None  # the encoder no longer remembers names this far in: leave it to it
-            label, text, nsec3, sigs = chain.wire[digest]
+            label, text, nsec3, sigs, size, records = chain.wire[digest]
             if text == below:
                 return None
             parts.append(label)
             parts.append(to_apex)
             parts.append(nsec3)
             if sigs:
-                to_owner = struct.pack("!H", 0xC000 | at)
+                to_owner = (0xC000 | at).to_bytes(2)
                 parts.append(to_owner)
                 parts.append(to_owner.join(sigs))
-            at += len(label) + 2 + len(nsec3) + sum(len(sig) + 2 for sig in sigs)
-            count += 1 + len(sigs)
+            at += size
+            count += records
         return b"".join(parts), count
 
     def _with_sigs(self, records: list) -> Iterator:  # type: ignore[type-arg]

@@ -76,6 +76,11 @@ class _Chain:
     #: and rdata, and each RRSIG's; their encoded length and record count. Owner names after the first
     #: label are pointers, filled in per reply
     wire: dict[bytes, tuple[bytes, str, bytes, tuple[bytes, ...], int, int]] = field(default_factory=dict)
+    #: moves on every insert and delete of a hash: what `enclosers` entries are checked against
+    version: int = 0
+    #: closest encloser -> (version, its matching NSEC3's hash, the hash of the NSEC3 covering its
+    #: wildcard): the part of an NXDOMAIN proof fixed per encloser, found once per chain version
+    enclosers: dict[str, tuple[int, bytes | None, bytes]] = field(default_factory=dict)
 
 
 class Signer:
@@ -90,7 +95,6 @@ class Signer:
         self._signed: dict[str, dict[int, tuple[int, tuple[Rdata, ...]]]] = {}
         self._chains = {name: _Chain(name) for name in self.apexes}
         self._hash_of: dict[str, bytes] = {}
-        self._wildcard_hashes: dict[str, bytes] = {}  # closest encloser -> hash of `*.<encloser>`
         self.signatures_made = 0
         self.on_resign: Callable[[set[str]], None] | None = None  # the handler's cache invalidation
         # (expiration, name, rtype) in signing order, which is expiry order: what `tick` refreshes.
@@ -303,6 +307,7 @@ class Signer:
             del self._hash_of[name]
             i = bisect.bisect_left(chain.hashes, digest)
             del chain.hashes[i]
+            chain.version += 1
             del chain.names[digest]
             del chain.types[digest]
             del chain.records[digest]
@@ -321,6 +326,7 @@ class Signer:
             self._hash_of[name] = digest
             i = bisect.bisect_left(chain.hashes, digest)
             chain.hashes.insert(i, digest)
+            chain.version += 1
             chain.names[digest] = name
             chain.types[digest] = frozen
             self._resign_nsec3(chain, digest)
@@ -405,18 +411,21 @@ class Signer:
             next_closer = qname_wire[sum(len(part) + 1 for part in parts[:start]):]
         else:
             next_closer = text_to_wire(".".join(parts[start:]))
-        wildcard = self._wildcard_hashes.get(encloser)
-        if wildcard is None:  # a pure function of the name: hashed once per encloser
-            if len(self._wildcard_hashes) >= 65_536:
-                self._wildcard_hashes.clear()
-            wildcard = self._wildcard_hashes[encloser] = hash_name(text_to_wire("*." + encloser), b"", 0)
         count = len(hashes)
-        digests: list[bytes] = []
-        for found in (self._matching(chain, encloser),
-                      hashes[(bisect.bisect_right(hashes, hash_name(next_closer, b"", 0)) - 1) % count],
-                      hashes[(bisect.bisect_right(hashes, wildcard) - 1) % count]):
-            if found is not None and found not in digests:
-                digests.append(found)
+        fixed = chain.enclosers.get(encloser)
+        if fixed is None or fixed[0] != chain.version:
+            if len(chain.enclosers) >= 65_536:
+                chain.enclosers.clear()
+            wildcard = hash_name(text_to_wire("*." + encloser), b"", 0)
+            fixed = chain.enclosers[encloser] = (chain.version, self._matching(chain, encloser),
+                                                 hashes[(bisect.bisect_right(hashes, wildcard) - 1) % count])
+        _, match, wildcard_cover = fixed
+        cover = hashes[(bisect.bisect_right(hashes, hash_name(next_closer, b"", 0)) - 1) % count]
+        digests = [match] if match is not None else []
+        if cover not in digests:
+            digests.append(cover)
+        if wildcard_cover not in digests:
+            digests.append(wildcard_cover)
         return digests
 
     def _add_nsec3(self, chain: _Chain, digest: bytes, response: Response) -> None:

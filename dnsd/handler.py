@@ -250,8 +250,8 @@ class SignedDenial:
     too long for the client's UDP limit is the slow path's TC: the question and the OPT alone.
     """
 
-    __slots__ = ("apex", "apex_length", "heads", "ns_base", "nxdomain", "opt", "pointers", "soa", "tails",
-                 "tc_heads", "tcp_labels", "udp_labels")
+    __slots__ = ("apex", "apex_length", "heads", "ns_base", "nxdomain", "opt", "pointers", "signer", "soa",
+                 "tails", "tc_heads", "tcp_labels", "udp_labels")
     signed = True
 
     def __init__(self, apex: str, apex_length: int, nxdomain: bool, heads: tuple[bytes, bytes], soa: bytes,
@@ -268,6 +268,7 @@ class SignedDenial:
         self.ns_base = ns_base
         self.opt = opt
         self.udp_labels, self.tcp_labels = labels
+        self.signer: Signer | None = None  # the view's signer, whose proofs are added
 
     @classmethod
     def from_reply(cls, reply: bytes, qend: int, apex: str, apex_length: int, labels: tuple[Labels, Labels]
@@ -527,6 +528,7 @@ class Handler:
         #: recursive queries in progress, oldest first, with their start time (perf_counter)
         self._admitted: dict[asyncio.Future[bytes | None], float] = {}
         self._query_log_sample = config.query_log_sample
+        self._plain = False  # set by `_negative_verdict`: the name it judged is plain (see `_signed_denial`)
         self.rrl = (
             rrl.RateLimiter(config.rrl_responses_per_second, config.rrl_slip, config.rrl_ipv4_prefix,
                             config.rrl_ipv6_prefix)
@@ -740,10 +742,13 @@ class Handler:
     def _signed_denial(self, template: SignedDenial, key: bytes, data: bytes, qend: int, limit: int,
                        tcp: bool) -> bytes | None:
         """A DO=1 NXDOMAIN or NODATA: the template's SOA part, then the name's NSEC3 proof."""
-        name = _name_text(key)
+        if self._plain:  # `_negative_verdict` walked it and found only plain labels: spelled in one step
+            name: str | None = key[1 : len(key) - 6].translate(_LENGTHS_TO_DOTS).decode("ascii")
+        else:
+            name = _name_text(key)
         if name is None or "\\" in name:
             return None
-        signer = self._signer_of(self.zone if key[-1] & _FLAG_RECURSE else self.internet)
+        signer = template.signer
         if signer is None:
             return None
         soa = template.soa_tail(qend)
@@ -766,6 +771,7 @@ class Handler:
         settled on the wire form: one walk over the length octets (which also checks that the zone's
         apex starts on a label boundary) and one dictionary lookup, without spelling the name.
         """
+        self._plain = False
         tail = key[-5:]
         qtype = (tail[0] << 8) | tail[1]
         if qtype == 0 or qtype == wire.OPT or 127 < qtype < 256:
@@ -795,6 +801,7 @@ class Handler:
         if tail[2:4] != b"\x00\x01":
             return None if tail[2:4] == b"\x00\xff" else ("", wire.REFUSED, tail, False)
         plain = not big and len(name_wire.translate(None, _PLAIN_WIRE_BYTES)) == labels + 1
+        self._plain = plain and boundary
         if plain and (boundary or apex is None):
             if apex is None:  # no zone's apex ends the name: outside (escapes cannot hide one)
                 if self.recursor is not None and tail[4] & _FLAG_RECURSE:
@@ -923,6 +930,8 @@ class Handler:
             if apex and key[-1] & _FLAG_DO and self._signer_of(view) is not None:
                 # a signed denial names its NSEC3 neighbours: the proof is added per name
                 template = SignedDenial.from_reply(reply, qend, apex, len(apex) + 2, labels)
+                if template is not None:
+                    template.signer = self._signer_of(view)
                 if template is not None and self._signed_denial(template, key, reply, qend, 65535, True) != reply:
                     template = None  # not what the slow path wrote: it keeps answering these itself
             else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import hashlib
 import struct
 import time
 from collections import deque
@@ -395,22 +396,27 @@ class Signer:
         if not nxdomain:
             found = self._matching(chain, qname)
             return [] if found is None else [found]
-        parts = qname.split(".")
-        encloser = chain.apex
-        start = 0  # the next closer name's first label
+        apex = chain.apex
+        encloser = apex
         exists = self.zone.exists
-        for i in range(1, len(parts)):
-            candidate = ".".join(parts[i:])
-            if candidate == chain.apex or exists(candidate):
-                encloser, start = candidate, i - 1
+        start = 0  # where the next closer name starts: in the text, and (plain names) in the wire form
+        dot = qname.find(".")
+        while dot >= 0:
+            candidate = qname[dot + 1 :]
+            if candidate == apex or exists(candidate):
+                encloser = candidate
                 break
+            start = dot + 1
+            dot = qname.find(".", start)
+        else:
+            start = 0
         hashes = chain.hashes
         if not hashes:
             return []
-        if qname_wire is not None:  # the caller's wire form of the (plain) name: its suffix, no encoding
-            next_closer = qname_wire[sum(len(part) + 1 for part in parts[:start]):]
+        if qname_wire is not None:  # the caller's lower-case wire form of the plain name: a suffix of it
+            next_hash = hashlib.sha1(qname_wire[start:], usedforsecurity=False).digest()
         else:
-            next_closer = text_to_wire(".".join(parts[start:]))
+            next_hash = hash_name(text_to_wire(qname[start:]), b"", 0)
         count = len(hashes)
         fixed = chain.enclosers.get(encloser)
         if fixed is None or fixed[0] != chain.version:
@@ -420,7 +426,7 @@ class Signer:
             fixed = chain.enclosers[encloser] = (chain.version, self._matching(chain, encloser),
                                                  hashes[(bisect.bisect_right(hashes, wildcard) - 1) % count])
         _, match, wildcard_cover = fixed
-        cover = hashes[(bisect.bisect_right(hashes, hash_name(next_closer, b"", 0)) - 1) % count]
+        cover = hashes[(bisect.bisect_right(hashes, next_hash) - 1) % count]
         digests = [match] if match is not None else []
         if cover not in digests:
             digests.append(cover)
@@ -450,24 +456,18 @@ class Signer:
         chain = self._chains.get(apex)
         if chain is None:
             return b"", 0
-        digests = self._denial(chain, qname, nxdomain, qname_wire)
-        below = qname[: -len(apex) - 1].rsplit(".", 1)[-1] if len(qname) > len(apex) else ""
-        to_apex = struct.pack("!H", 0xC000 | apex_at)
+        to_apex = (0xC000 | apex_at).to_bytes(2)
         parts: list[bytes] = []
         count = 0
-        for digest in digests:
-            if at >= 0x4000:
-                return None  # the encoder no longer remembers names this far in: leave it to it
-            label, text, nsec3, sigs, size, records = chain.wire[digest]
-            if text == below:
+        wire = chain.wire
+        for digest in self._denial(chain, qname, nxdomain, qname_wire):
+            label, text, nsec3, sigs, size, records = wire[digest]
+            if at >= 0x4000 or text in qname:
+                # The encoder no longer remembers names this far in; or the question may hold this
+                # owner name (then the encoder points into it): either way the slow path answers.
                 return None
-            parts.append(label)
-            parts.append(to_apex)
-            parts.append(nsec3)
-            if sigs:
-                to_owner = (0xC000 | at).to_bytes(2)
-                parts.append(to_owner)
-                parts.append(to_owner.join(sigs))
+            to_owner = (0xC000 | at).to_bytes(2)
+            parts += (label, to_apex, nsec3, to_owner, to_owner.join(sigs)) if sigs else (label, to_apex, nsec3)
             at += size
             count += records
         return b"".join(parts), count

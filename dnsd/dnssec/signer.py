@@ -283,10 +283,18 @@ class Signer:
                 touched.add(ancestor)
                 if ancestor == apex:
                     break
+        # The chain first, then each NSEC3 record it needs signed once: a batch that inserts many names
+        # (the first full state) would otherwise sign a predecessor again for every name inserted after it.
+        pending: dict[str, set[bytes]] = {}
         for name in touched:
             apex = self._apex_of(name)
             if apex is not None:
-                self._update_chain(self._chains[apex], name)
+                self._update_chain(self._chains[apex], name, pending.setdefault(apex, set()))
+        for apex, digests in pending.items():
+            chain = self._chains[apex]
+            for digest in digests:
+                if digest in chain.names:
+                    self._resign_nsec3(chain, digest)
 
     def _serial_moved(self, serial: int) -> None:
         """The SOA (synthesized by the index, not stored) is re-signed for its new serial."""
@@ -299,7 +307,8 @@ class Signer:
     def _nsec3_ttl(self) -> int:
         return min(self.zone.config.ttl, self.zone.config.negative_ttl)  # RFC 9077
 
-    def _update_chain(self, chain: _Chain, name: str) -> None:
+    def _update_chain(self, chain: _Chain, name: str, pending: set[bytes]) -> None:
+        """Insert, remove or retype `name`'s hash; the NSEC3 records to sign again go to `pending`."""
         digest = self._hash_of.get(name)
         exists = self.zone.exists(name) or name == chain.apex
         if not exists:
@@ -311,10 +320,11 @@ class Signer:
             chain.version += 1
             del chain.names[digest]
             del chain.types[digest]
-            del chain.records[digest]
-            del chain.wire[digest]
+            chain.records.pop(digest, None)  # (not signed yet when it came in this same batch)
+            chain.wire.pop(digest, None)
+            pending.discard(digest)
             if chain.hashes:
-                self._resign_nsec3(chain, chain.hashes[(i - 1) % len(chain.hashes)])
+                pending.add(chain.hashes[(i - 1) % len(chain.hashes)])
             return
         types = set(self.zone.types_at(name))
         if name == chain.apex:
@@ -330,12 +340,12 @@ class Signer:
             chain.version += 1
             chain.names[digest] = name
             chain.types[digest] = frozen
-            self._resign_nsec3(chain, digest)
+            pending.add(digest)
             if len(chain.hashes) > 1:
-                self._resign_nsec3(chain, chain.hashes[(i - 1) % len(chain.hashes)])
+                pending.add(chain.hashes[(i - 1) % len(chain.hashes)])
         elif chain.types.get(digest) != frozen:
             chain.types[digest] = frozen
-            self._resign_nsec3(chain, digest)
+            pending.add(digest)
 
     def _resign_nsec3(self, chain: _Chain, digest: bytes) -> None:
         i = bisect.bisect_left(chain.hashes, digest)

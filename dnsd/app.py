@@ -141,8 +141,14 @@ class App:
         task = asyncio.create_task(kube.run(), name="informer")
         self.tasks.append(task)
 
-    def _make_signer(self) -> Signer:
-        """The signer of every zone with keys in --dnssec-keys (every process signs its own index)."""
+    def _make_signers(self) -> tuple[Signer, Signer]:
+        """The signers of every zone with keys in --dnssec-keys: (cluster's, Internet's).
+
+        Each view has its own (every process signs its own indexes): same keys, but RRSIGs over the
+        view's own RRsets and an NSEC3 chain over the view's own names, so that a denial given to the
+        Internet never hashes a name only the cluster sees. The Internet's is made first: its apex
+        records must be in place when the cluster's move the serial the view then follows.
+        """
         from dnsd.dnssec import keys as dnssec_keys
         from dnsd.dnssec.signer import Signer
 
@@ -156,9 +162,10 @@ class App:
             raise StartupError(f"dnssec keys: {exc}") from None
         if not found:
             raise StartupError(f"dnssec keys: no K*.private files in {self.config.dnssec_keys}")
-        return Signer(self.zone, found)
+        internet = Signer(self.internet, found)
+        return Signer(self.zone, found), internet
 
-    async def _sign_periodically(self, signer: Signer) -> None:
+    async def _sign_periodically(self, signers: tuple[Signer, Signer]) -> None:
         """Once every `SIGNER_TICK` seconds: read the key directory again (a rollover is done by adding
         files), then let the signer apply key timing and refresh expiring signatures in bounded steps."""
         from dnsd.dnssec import keys as dnssec_keys
@@ -175,10 +182,13 @@ class App:
             except (OSError, ValueError) as exc:
                 logger.warning("dnssec keys: %s; signing on with the keys loaded before", exc)
                 found = None
-            before = signer.signatures_made
-            signer.tick(found)
-            if signer.signatures_made - before:
-                logger.info("signer: %d signatures made", signer.signatures_made - before)
+            cluster, internet = signers
+            before = cluster.signatures_made + internet.signatures_made
+            internet.tick(found)  # first: see _make_signers
+            cluster.tick(found)
+            made = cluster.signatures_made + internet.signatures_made - before
+            if made:
+                logger.info("signer: %d signatures made", made)
 
     def _start_delegation_check(self) -> None:
         """The periodic `dnsd check` (the dnsd_delegation_ok gauge), in the watching process only, and only
@@ -200,10 +210,12 @@ class App:
         recursor = await self._make_recursor()
         self.handler = Handler(config, self.zone, self.stats, recursor, self.internet)
         if config.dnssec_keys:
-            signer = self.handler.signer = self._make_signer()
-            signer.on_resign = self.handler.invalidate
-            metrics.register_signer(signer)
-            self.tasks.append(asyncio.create_task(self._sign_periodically(signer), name="signer"))
+            signers = self._make_signers()
+            self.handler.signer, self.handler.internet_signer = signers
+            for signer in signers:
+                signer.on_resign = self.handler.invalidate
+            metrics.register_signer(*signers)
+            self.tasks.append(asyncio.create_task(self._sign_periodically(signers), name="signer"))
         if config.transfer_allow or config.notify or config.tsig_key_file:
             try:
                 keys = xfr.load_keys(config)
@@ -211,12 +223,10 @@ class App:
                 raise StartupError(f"tsig: {exc}") from None
             # Every process answers transfers from its own index (followers hold the same data, serial
             # and journal); only the watching process sends NOTIFY, so secondaries get it once.
-            # Transfers carry the Internet's view (the publication policy), except when signing: the
-            # signer's records (DNSKEY, RRSIG, NSEC3) live in the cluster's index, which is then what
-            # transfers carry until the signer signs the Internet's view too (not built yet).
-            xfr_zone = self.zone if config.dnssec_keys else self.internet
+            # Transfers carry the Internet's view (the publication policy), signed by its own signer.
+            xfr_zone = self.internet
             self.handler.transfers = xfr.Transfers(config, xfr_zone, keys)
-            self.handler.transfers.signer = self.handler.signer
+            self.handler.transfers.signer = self.handler.internet_signer
             if config.notify and self.link is None:
                 self.notifier = xfr.Notifier(config, xfr_zone, keys)
         if config.workers > 1 and self.link is None:

@@ -124,6 +124,8 @@ _PLAIN_WIRE_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_*"
 _LENGTHS_TO_DOTS = bytes.maketrans(bytes(range(1, 42)), b"." * 41)
 _SOA_TYPE = 6
 _CNAME_TYPE = 5
+_RRSIG_TYPE = 46
+_NSEC3_TYPE = 50
 
 
 def _name_text(key: bytes) -> str | None:
@@ -175,6 +177,7 @@ class NegativeTemplate:
     """
 
     __slots__ = ("heads", "pointers", "tail", "tail_length", "tails", "tcp_labels", "udp_labels")
+    signed = False  # see SignedDenial
 
     def __init__(self, heads: tuple[bytes, bytes], tail: bytes, pointers: tuple[tuple[int, int], ...],
                  udp_labels: Labels, tcp_labels: Labels) -> None:
@@ -240,6 +243,126 @@ class NegativeTemplate:
                 struct.pack_into("!H", buf, position, 0xC000 | (qend + delta))
             tail = self.tails[qend] = bytes(buf)
         return b"".join((data[:2], self.heads[data[2] & 1], data[12:qend], tail))
+
+
+class SignedDenial:
+    """A DO=1 NXDOMAIN or NODATA of a signed zone for any name of it (rcode, type, class, flags fixed).
+
+    The part that does not depend on the name, the SOA and its RRSIGs, is kept from the slow path's
+    own reply for one such question, its compression pointers moved with the question's end as in
+    `NegativeTemplate`. The part that does, the NSEC3 proof, is the signer's pre-encoded records for
+    the name (`Signer.denial_wire`: the closest encloser's and the wildcard's NSEC3 fixed per
+    encloser, the next closer's found by a hash and a bisect), so a random-name flood with DO=1 costs
+    hashing and byte copies, not a decode, a proof and an encode per name. A template is only kept
+    when, rebuilt for the very question it was made from, it gives that reply byte for byte. A reply
+    too long for the client's UDP limit is the slow path's TC: the question and the OPT alone.
+    """
+
+    __slots__ = ("apex", "apex_length", "heads", "ns_base", "nxdomain", "opt", "pointers", "signer", "soa",
+                 "tails", "tc_heads", "tcp_labels", "udp_labels")
+    signed = True
+
+    def __init__(self, apex: str, apex_length: int, nxdomain: bool, heads: tuple[bytes, bytes], soa: bytes,
+                 pointers: tuple[tuple[int, int], ...], ns_base: int, opt: bytes, labels: tuple[Labels, Labels]
+                 ) -> None:
+        self.apex = apex
+        self.apex_length = apex_length
+        self.nxdomain = nxdomain
+        self.heads = heads  # the flags octets with RD clear and set
+        self.tc_heads = tuple(bytes((h[0] | 0x02, h[1])) for h in heads)
+        self.soa = soa
+        self.pointers = pointers
+        self.tails: dict[int, bytes] = {}
+        self.ns_base = ns_base
+        self.opt = opt
+        self.udp_labels, self.tcp_labels = labels
+        self.signer: Signer | None = None  # the view's signer, whose proofs are added
+
+    @classmethod
+    def from_reply(cls, reply: bytes, qend: int, apex: str, apex_length: int, labels: tuple[Labels, Labels]
+                   ) -> SignedDenial | None:
+        """The template of a signed denial `reply` (question ending at `qend`, zone `apex`)."""
+        apex_at = qend - 4 - apex_length
+        pointers: list[int] = []
+
+        def skip_name(offset: int) -> int:
+            while True:
+                length = reply[offset]
+                if length & 0xC0 == 0xC0:
+                    pointers.append(offset)
+                    return offset + 2
+                offset += 1 + length
+                if length == 0:
+                    return offset
+
+        cut = opt_at = -1
+        try:
+            if reply[4:8] != b"\x00\x01\x00\x00" or reply[10:12] != b"\x00\x01":
+                return None  # an answer section, or more than the OPT in the additional one
+            offset = qend
+            for _ in range(struct.unpack_from("!H", reply, 8)[0] + 1):
+                start = offset
+                offset = skip_name(offset)
+                rtype, _, _, rdlength = struct.unpack_from("!HHIH", reply, offset)
+                offset += 10
+                if rtype == _SOA_TYPE and cut < 0:
+                    if skip_name(skip_name(offset)) + 20 != offset + rdlength:
+                        return None
+                elif rtype == _NSEC3_TYPE:
+                    if cut < 0:
+                        cut = start
+                elif rtype == wire.OPT:
+                    opt_at = start
+                elif rtype != _RRSIG_TYPE:
+                    return None
+                offset += rdlength
+        except (IndexError, struct.error):
+            return None
+        if offset != len(reply) or opt_at < 0 or offset - opt_at != 11:
+            return None
+        if cut < 0:
+            cut = opt_at
+        if cut > opt_at:
+            return None
+        moved: list[tuple[int, int]] = []
+        for position in pointers:
+            if position >= cut:
+                continue  # the proof's: rebuilt for each name
+            target = ((reply[position] & 0x3F) << 8) | reply[position + 1]
+            if not (apex_at <= target < qend - 4) and not qend <= target < cut:
+                return None  # into the name's own labels (or the header): right for this name only
+            moved.append((position - qend, target - qend))
+        soa = reply[qend:cut]
+        ns_base = 0
+        offset = 0
+        while offset < len(soa):  # records before the proof: the SOA and its RRSIGs
+            while soa[offset] and soa[offset] & 0xC0 != 0xC0:
+                offset += 1 + soa[offset]
+            offset += 2 if soa[offset] else 1
+            offset += 10 + struct.unpack_from("!H", soa, offset + 8)[0]
+            ns_base += 1
+        flags = reply[2] & 0xFE
+        heads = (bytes((flags, reply[3])), bytes((flags | 1, reply[3])))
+        return cls(apex, apex_length, reply[3] & 0xF == wire.NXDOMAIN, heads, soa, tuple(moved), ns_base,
+                   reply[opt_at:], labels)
+
+    def soa_tail(self, qend: int) -> bytes:
+        tail = self.tails.get(qend)
+        if tail is None:
+            buf = bytearray(self.soa)
+            for position, delta in self.pointers:
+                struct.pack_into("!H", buf, position, 0xC000 | (qend + delta))
+            tail = self.tails[qend] = bytes(buf)
+        return tail
+
+    def reply(self, data: bytes, qend: int, soa: bytes, proof: bytes, count: int, limit: int, tcp: bool
+              ) -> bytes:
+        """This denial for `data` (question ending at `qend`) with the name's proof (`count` records)."""
+        if not tcp and qend + len(soa) + len(proof) + len(self.opt) > limit:
+            return b"".join((data[:2], self.tc_heads[data[2] & 1], b"\x00\x01\x00\x00\x00\x00\x00\x01",
+                             data[12:qend], self.opt))
+        return b"".join((data[:2], self.heads[data[2] & 1], b"\x00\x01\x00\x00",
+                         (self.ns_base + count).to_bytes(2), b"\x00\x01", data[12:qend], soa, proof, self.opt))
 
 
 class CachedAnswer:
@@ -382,6 +505,9 @@ class Handler:
     #: AXFR, IXFR, NOTIFY and TSIG-signed queries go here when transfers are configured (`dnsd.xfr`).
     transfers: Transfers | None = None
     signer: Signer | None = None  # --dnssec-keys: DO=1 zone answers carry RRSIGs and NSEC3
+    #: The Internet view's own signer (its NSEC3 chain covers only the names the Internet sees); when
+    #: there is no separate Internet view, `signer` serves both.
+    internet_signer: Signer | None = None
 
     def __init__(self, config: Config, zone: ZoneIndex, stats: QueryStats,
                  recursor: Recursor | None = None, internet: ZoneIndex | None = None) -> None:
@@ -398,8 +524,9 @@ class Handler:
         # key -> (header after the ID with RD clear and set, the rest after the question, length, udp
         # labels, tcp labels, names it was built from); only names that exist are stored
         self._responses: dict[bytes, StoredAnswer] = {}
-        self._templates: dict[Verdict, NegativeTemplate] = {}  # name-independent answers, see Verdict
-        self._negative_keys: dict[bytes, NegativeTemplate] = {}  # key -> the template that answered it
+        # name-independent answers (see Verdict), and DO=1 denials of signed zones (see SignedDenial)
+        self._templates: dict[Verdict, NegativeTemplate | SignedDenial] = {}
+        self._negative_keys: dict[bytes, NegativeTemplate | SignedDenial] = {}  # key -> the template that answered it
         #: wire name after a first label -> where the zone's apex starts in it, for names whose labels
         #: are plain and walk to the apex on a boundary (`_negative_verdict`); static, so never invalidated
         self._suffix_shapes: dict[bytes, int] = {}
@@ -416,6 +543,7 @@ class Handler:
         #: recursive queries in progress, oldest first, with their start time (perf_counter)
         self._admitted: dict[asyncio.Future[bytes | None], float] = {}
         self._query_log_sample = config.query_log_sample
+        self._plain = False  # set by `_negative_verdict`: the name it judged is plain (see `_signed_denial`)
         self.rrl = (
             rrl.RateLimiter(config.rrl_responses_per_second, config.rrl_slip, config.rrl_ipv4_prefix,
                             config.rrl_ipv6_prefix)
@@ -623,12 +751,36 @@ class Handler:
             if len(self._negative_keys) >= MAX_NEGATIVE_KEYS:
                 self._negative_keys.clear()  # only negative answers live here: a flood cannot hurt the store
             self._negative_keys[key] = template
-        if not tcp and qend + template.tail_length > limit:
-            return None
-        reply = template.reply(data, qend)
+        if template.signed:
+            reply = self._signed_denial(template, key, data, qend, limit, tcp)  # type: ignore[arg-type]
+            if reply is None:
+                return None
+        else:
+            if not tcp and qend + template.tail_length > limit:  # type: ignore[union-attr]
+                return None
+            reply = template.reply(data, qend)  # type: ignore[call-arg]
         stat = template.tcp_labels if tcp else template.udp_labels
         self.stats.answered(stat, time.perf_counter() - started)
         return reply
+
+    def _signed_denial(self, template: SignedDenial, key: bytes, data: bytes, qend: int, limit: int,
+                       tcp: bool) -> bytes | None:
+        """A DO=1 NXDOMAIN or NODATA: the template's SOA part, then the name's NSEC3 proof."""
+        if self._plain:  # `_negative_verdict` walked it and found only plain labels: spelled in one step
+            name: str | None = key[1 : len(key) - 6].translate(_LENGTHS_TO_DOTS).decode("ascii")
+        else:
+            name = _name_text(key)
+        if name is None or "\\" in name:
+            return None
+        signer = template.signer
+        if signer is None:
+            return None
+        soa = template.soa_tail(qend)
+        proof = signer.denial_wire(template.apex, name, template.nxdomain, qend - 4 - template.apex_length,
+                                   qend + len(soa), key[:-5])
+        if proof is None:
+            return None
+        return template.reply(data, qend, soa, proof[0], proof[1], limit, tcp)
 
     def _negative_verdict(self, key: bytes) -> Verdict | None:
         """The template key (zone apex, rcode, type + class + flags, escaped) of a name-independent answer.
@@ -643,8 +795,7 @@ class Handler:
         settled on the wire form: one walk over the length octets (which also checks that the zone's
         apex starts on a label boundary) and one dictionary lookup, without spelling the name.
         """
-        if key[-1] & _FLAG_DO and self.signer is not None:
-            return None  # a signed denial names its NSEC3 neighbours: it depends on the name
+        self._plain = False
         tail = key[-5:]
         qtype = (tail[0] << 8) | tail[1]
         if qtype == 0 or qtype == wire.OPT or 127 < qtype < 256:
@@ -686,6 +837,7 @@ class Handler:
                 self._suffix_shapes[name_wire[1 + first :]] = apex_at - first - 1
         if tail[2:4] != b"\x00\x01":
             return None if tail[2:4] == b"\x00\xff" else ("", wire.REFUSED, tail, False)
+        self._plain = plain and boundary
         if plain and (boundary or apex is None):
             if apex is None:  # no zone's apex ends the name: outside (escapes cannot hide one)
                 if self.recursor is not None and tail[4] & _FLAG_RECURSE:
@@ -746,8 +898,9 @@ class Handler:
             self._maybe_store(found, reply, None, query, wire.REFUSED, "refused")
             return self._finish(reply, query, wire.REFUSED, "refused", transport, started, host)
         try:
-            result = authority.answer(self.zone if may_recurse else self.internet, query.qname, query.qtype,
-                                     self.signer if query.edns_do else None)
+            view = self.zone if may_recurse else self.internet
+            result = authority.answer(view, query.qname, query.qtype,
+                                      self._signer_of(view) if query.edns_do else None)
         except Exception:  # a bug must cost one SERVFAIL, never the listener
             logger.exception("internal error answering %s/%d", query.qname, query.qtype)
             return self._finish(wire.encode_error(query, wire.SERVFAIL, ra, self.edns_size), query,
@@ -780,6 +933,12 @@ class Handler:
             reply = wire.encode(query, result.response, ra, limit, self.edns_size)
         return self._finish(reply, query, rcode, "zone", transport, started, host)
 
+    def _signer_of(self, view: ZoneIndex) -> Signer | None:
+        """The signer of `view`: never the cluster's for the Internet (its NSEC3 chain would leak names)."""
+        if view is self.zone:
+            return self.signer
+        return self.internet_signer
+
     def _maybe_store(self, found: FastKey | None, reply: bytes, result: authority.Answer | None,
                      query: wire.Query, rcode: int, source: str) -> None:
         """Keep an answer for the fast path: per name when the name exists, else as a negative template.
@@ -792,6 +951,7 @@ class Handler:
         key, qend, _ = found
         if _name_text(key) is None:
             return
+        view = self.zone if key[-1] & _FLAG_RECURSE else self.internet
         verdict = self._negative_verdict(key)
         if verdict is not None:
             if verdict[1] != rcode:
@@ -801,13 +961,20 @@ class Handler:
                 self._negative_keys.clear()
             apex = verdict[0]
             qt, rc = qtype_label(query.qtype), rcode_label(rcode)
-            template = NegativeTemplate.from_reply(
-                reply, qend, len(apex) + 2 if apex else 0,
-                (("udp", qt, rc, source, "template"), ("tcp", qt, rc, source, "template")))
+            labels = (("udp", qt, rc, source, "template"), ("tcp", qt, rc, source, "template"))
+            template: NegativeTemplate | SignedDenial | None
+            if apex and key[-1] & _FLAG_DO and self._signer_of(view) is not None:
+                # a signed denial names its NSEC3 neighbours: the proof is added per name
+                template = SignedDenial.from_reply(reply, qend, apex, len(apex) + 2, labels)
+                if template is not None:
+                    template.signer = self._signer_of(view)
+                if template is not None and self._signed_denial(template, key, reply, qend, 65535, True) != reply:
+                    template = None  # not what the slow path wrote: it keeps answering these itself
+            else:
+                template = NegativeTemplate.from_reply(reply, qend, len(apex) + 2 if apex else 0, labels)
             if template is not None:
                 self._templates[verdict] = template
             return
-        view = self.zone if key[-1] & _FLAG_RECURSE else self.internet
         if result is None or not view.existence(query.qname)[1]:
             return
         self._store(key, reply, result, query.qtype, rcode, source)

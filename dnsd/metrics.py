@@ -193,18 +193,20 @@ def register_query_stats(stats: QueryStats, registry: CollectorRegistry = REGIST
 class SignerCollector(Collector):
     """The zone signer's state, read at scrape time (`dnssec.signer.Signer`)."""
 
-    def __init__(self, signer: Any) -> None:
+    def __init__(self, signer: Any, *more: Any) -> None:
         self.signer = signer
+        self.signers = (signer, *more)  # one per view: counts are summed, the earliest expiry shown
 
     def collect(self) -> Iterator[Any]:
         signer = self.signer
         made = CounterMetricFamily("dnsd_dnssec_signatures", "RRSIGs made by the zone signer")
-        made.add_metric([], signer.signatures_made)
+        made.add_metric([], sum(s.signatures_made for s in self.signers))
         yield made
         expiry = GaugeMetricFamily("dnsd_dnssec_next_expiry_timestamp_seconds",
                                    "Expiration of the oldest signature served (seconds since the epoch)")
-        if signer.next_expiry is not None:
-            expiry.add_metric([], signer.next_expiry)
+        expiries = [s.next_expiry for s in self.signers if s.next_expiry is not None]
+        if expiries:
+            expiry.add_metric([], min(expiries))
         yield expiry
         states = GaugeMetricFamily("dnsd_dnssec_key_state", "Keys by zone, key tag and state (1: in it)",
                                    labels=["zone", "tag", "role", "state"])
@@ -216,9 +218,9 @@ class SignerCollector(Collector):
         yield states
 
 
-def register_signer(signer: Any, registry: CollectorRegistry = REGISTRY) -> None:
-    """Export the signer's metrics (once per process, when --dnssec-keys is set)."""
-    registry.register(SignerCollector(signer))
+def register_signer(signer: Any, *more: Any, registry: CollectorRegistry = REGISTRY) -> None:
+    """Export the signers' metrics (once per process, when --dnssec-keys is set; one signer per view)."""
+    registry.register(SignerCollector(signer, *more))
 
 
 ZONE_SERIAL = Gauge("dnsd_zone_serial", "SOA serial of the served zone")

@@ -125,6 +125,19 @@ class InternetView(ZoneIndex):
                 del records[ns.name]
         return records
 
+    def put_extra(self, owner: Owner, records: Records) -> None:
+        """The view's own signer's apex records (DNSKEY, CDS, CDNSKEY, NSEC3PARAM), without a serial move.
+
+        The view's serial is the cluster index's (it follows it), so it must never move on its own:
+        the cluster's signer puts the same apex records right after this one (app.py ticks the
+        Internet's signer first), which moves the cluster's serial, and the view takes that serial,
+        with this change in its journal entry, when it follows the batch.
+        """
+        changed: set[str] = set()
+        self._apply(owner, records, changed)
+        if changed:
+            self._notify(changed)  # not marked dirty: `settled` (transfers wait on it) is the cluster's
+
     def _apply(self, owner: Owner, new: Records, changed: set[str]) -> None:
         if owner[0] == "namespace":
             new = {}  # a namespace exists for the Internet only through a published object in it

@@ -103,22 +103,28 @@ def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @contextlib.contextmanager
-def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[int]:
-    """Unbound on a free port, stub zones to dnsd, `work/anchors` as its only trust anchors; its port."""
+def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...], outgoing: str = "",
+                name: str = "unbound") -> Iterator[int]:
+    """Unbound on a free port, stub zones to dnsd, `work/anchors` as its only trust anchors; its port.
+
+    `outgoing`: the source address of its queries to dnsd (127.0.0.2 is the Internet for a dnsd with
+    `--allow-recursion 127.0.0.1/32`); `name` tells the files of two Unbounds in one directory apart.
+    """
     port = free_port()
+    interface = f"    outgoing-interface: {outgoing}\n" if outgoing else ""
     stubs = "".join(f"stub-zone:\n    name: \"{zone}\"\n    stub-addr: 127.0.0.1@{dnsd_port}\n" for zone in zones)
     # The cache holds answers for a second at most, so that a change in the zone is seen at once.
-    (work / "unbound.conf").write_text(f"""server:
+    (work / f"{name}.conf").write_text(f"""server:
     interface: 127.0.0.1
-    port: {port}
+{interface}    port: {port}
     do-ip6: no
     do-not-query-localhost: no
     username: ""
     chroot: ""
     directory: "{work}"
-    pidfile: "{work}/unbound.pid"
+    pidfile: "{work}/{name}.pid"
     use-syslog: no
-    logfile: "{work}/unbound.log"
+    logfile: "{work}/{name}.log"
     verbosity: 1
     module-config: "validator iterator"
     trust-anchor-file: "{work}/anchors"
@@ -132,7 +138,7 @@ def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[
 {stubs}remote-control:
     control-enable: no
 """)
-    unbound = subprocess.Popen([_tool("unbound"), "-d", "-c", str(work / "unbound.conf")],
+    unbound = subprocess.Popen([_tool("unbound"), "-d", "-c", str(work / f"{name}.conf")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -142,7 +148,7 @@ def unbound_for(work: Path, dnsd_port: int, zones: tuple[str, ...]) -> Iterator[
                 break
             except (dns.exception.Timeout, OSError):
                 if time.monotonic() > deadline or unbound.poll() is not None:
-                    pytest.fail(f"unbound did not answer:\n{(work / 'unbound.log').read_text(errors='replace')}")
+                    pytest.fail(f"unbound did not answer:\n{(work / f'{name}.log').read_text(errors='replace')}")
                 time.sleep(0.1)
         yield port
     finally:
@@ -178,8 +184,15 @@ def test_ptr_in_the_reverse_zone_validates(signed: Signed) -> None:
 def test_denials_validate(signed: Signed) -> None:
     reply = _validated(signed, "nope." + ZONE, "A", dns.rcode.NXDOMAIN)
     assert not reply.answer
-    for i in range(5):  # names of one zone and type: each denial needs its own NSEC3 (no shared template)
+    templates = signed.dnsd.metric("dnsd_fast_path_answers_total", kind="template")
+    for i in range(5):  # names of one zone and type: each denial needs its own NSEC3 proof
         _validated(signed, f"flood{i}." + ZONE, "A", dns.rcode.NXDOMAIN)
+    for i in range(20):  # the fast path's DO=1 denials: the template's SOA, the name's NSEC3 proof
+        _validated(signed, f"fast{i}.default.svc." + ZONE, "AAAA", dns.rcode.NXDOMAIN)
+        _validated(signed, f"x{i}.web.default.svc." + ZONE, "A", dns.rcode.NXDOMAIN)
+    _validated(signed, "api.default.svc." + ZONE, "TXT")  # NODATA, twice: the second from the template
+    _validated(signed, "api.default.svc." + ZONE, "MX")
+    assert signed.dnsd.metric("dnsd_fast_path_answers_total", kind="template") - templates >= 40
     _validated(signed, "deep.nope.default.svc." + ZONE, "AAAA", dns.rcode.NXDOMAIN)
     reply = _validated(signed, "web.default.svc." + ZONE, "TXT")  # NODATA
     assert not reply.answer

@@ -1287,3 +1287,20 @@ def test_aggressive_nsec_cache_survives_mutated_proofs() -> None:
             raise AssertionError(f"{exc!r} for {answer}") from exc
     assert len(cache) <= 500
     assert answered > 100  # the seeds are valid often enough for ranges to be learned and used
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=700), qend=st.integers(min_value=0, max_value=700))
+def test_signed_denial_template_parser_never_raises(data: bytes, qend: int) -> None:
+    """`SignedDenial.from_reply` walks a reply (the slow path's own, but a bug there must cost a template,
+    not a traceback): any bytes give a template or None, and a template's rebuilt tail is as long as its
+    source part."""
+    from dnsd.handler import SignedDenial
+
+    labels = (("udp", "A", "NXDOMAIN", "zone", "template"), ("tcp", "A", "NXDOMAIN", "zone", "template"))
+    # a real signed denial's start, mutated: the header and question, then the random rest
+    head = b"\x12\x34\x84\x03\x00\x01\x00\x00\x00\x02\x00\x01\x01x\x02c2\x03k8s\x03ooo\x00\x00\x01\x00\x01"
+    for reply, end in ((data, qend), (head + data, len(head))):
+        template = SignedDenial.from_reply(reply, end, "c2.k8s.ooo", 12, labels)
+        if template is not None:
+            assert len(template.soa_tail(end + 3)) == len(template.soa)

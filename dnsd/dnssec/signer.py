@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import hashlib
 import struct
 import time
 from collections import deque
@@ -71,6 +72,16 @@ class _Chain:
     names: dict[bytes, str] = field(default_factory=dict)
     types: dict[bytes, frozenset[int]] = field(default_factory=dict)
     records: dict[bytes, tuple[str, bytes, tuple[bytes, ...]]] = field(default_factory=dict)  # owner, rdata, sigs
+    #: per hash, the NSEC3 RR and its RRSIGs pre-encoded for the fast path (`Signer.denial_wire`): the
+    #: owner's first label with its length octet, the owner label's text, the NSEC3's type, class, TTL
+    #: and rdata, and each RRSIG's; their encoded length and record count. Owner names after the first
+    #: label are pointers, filled in per reply
+    wire: dict[bytes, tuple[bytes, str, bytes, tuple[bytes, ...], int, int]] = field(default_factory=dict)
+    #: moves on every insert and delete of a hash: what `enclosers` entries are checked against
+    version: int = 0
+    #: closest encloser -> (version, its matching NSEC3's hash, the hash of the NSEC3 covering its
+    #: wildcard): the part of an NXDOMAIN proof fixed per encloser, found once per chain version
+    enclosers: dict[str, tuple[int, bytes | None, bytes]] = field(default_factory=dict)
 
 
 class Signer:
@@ -272,10 +283,18 @@ class Signer:
                 touched.add(ancestor)
                 if ancestor == apex:
                     break
+        # The chain first, then each NSEC3 record it needs signed once: a batch that inserts many names
+        # (the first full state) would otherwise sign a predecessor again for every name inserted after it.
+        pending: dict[str, set[bytes]] = {}
         for name in touched:
             apex = self._apex_of(name)
             if apex is not None:
-                self._update_chain(self._chains[apex], name)
+                self._update_chain(self._chains[apex], name, pending.setdefault(apex, set()))
+        for apex, digests in pending.items():
+            chain = self._chains[apex]
+            for digest in digests:
+                if digest in chain.names:
+                    self._resign_nsec3(chain, digest)
 
     def _serial_moved(self, serial: int) -> None:
         """The SOA (synthesized by the index, not stored) is re-signed for its new serial."""
@@ -288,7 +307,8 @@ class Signer:
     def _nsec3_ttl(self) -> int:
         return min(self.zone.config.ttl, self.zone.config.negative_ttl)  # RFC 9077
 
-    def _update_chain(self, chain: _Chain, name: str) -> None:
+    def _update_chain(self, chain: _Chain, name: str, pending: set[bytes]) -> None:
+        """Insert, remove or retype `name`'s hash; the NSEC3 records to sign again go to `pending`."""
         digest = self._hash_of.get(name)
         exists = self.zone.exists(name) or name == chain.apex
         if not exists:
@@ -297,11 +317,14 @@ class Signer:
             del self._hash_of[name]
             i = bisect.bisect_left(chain.hashes, digest)
             del chain.hashes[i]
+            chain.version += 1
             del chain.names[digest]
             del chain.types[digest]
-            del chain.records[digest]
+            chain.records.pop(digest, None)  # (not signed yet when it came in this same batch)
+            chain.wire.pop(digest, None)
+            pending.discard(digest)
             if chain.hashes:
-                self._resign_nsec3(chain, chain.hashes[(i - 1) % len(chain.hashes)])
+                pending.add(chain.hashes[(i - 1) % len(chain.hashes)])
             return
         types = set(self.zone.types_at(name))
         if name == chain.apex:
@@ -314,22 +337,30 @@ class Signer:
             self._hash_of[name] = digest
             i = bisect.bisect_left(chain.hashes, digest)
             chain.hashes.insert(i, digest)
+            chain.version += 1
             chain.names[digest] = name
             chain.types[digest] = frozen
-            self._resign_nsec3(chain, digest)
+            pending.add(digest)
             if len(chain.hashes) > 1:
-                self._resign_nsec3(chain, chain.hashes[(i - 1) % len(chain.hashes)])
+                pending.add(chain.hashes[(i - 1) % len(chain.hashes)])
         elif chain.types.get(digest) != frozen:
             chain.types[digest] = frozen
-            self._resign_nsec3(chain, digest)
+            pending.add(digest)
 
     def _resign_nsec3(self, chain: _Chain, digest: bytes) -> None:
         i = bisect.bisect_left(chain.hashes, digest)
         following = chain.hashes[(i + 1) % len(chain.hashes)]
         rdata = _NSEC3_HEAD + following + encode_type_bitmap(chain.types[digest])
-        owner = b32(digest).decode() + "." + chain.apex
-        sigs = self._sign(chain.apex, owner, NSEC3, self._nsec3_ttl(), (rdata,))
+        label = b32(digest).decode()
+        owner = label + "." + chain.apex
+        ttl = self._nsec3_ttl()
+        sigs = self._sign(chain.apex, owner, NSEC3, ttl, (rdata,))
         chain.records[digest] = (owner, rdata, sigs)
+        head = bytes((len(label),)) + label.encode()
+        nsec3 = struct.pack("!HHIH", NSEC3, 1, ttl, len(rdata)) + rdata
+        signed = tuple(struct.pack("!HHIH", RRSIG, 1, ttl, len(sig)) + sig for sig in sigs)
+        size = len(head) + 2 + len(nsec3) + sum(len(sig) + 2 for sig in signed)
+        chain.wire[digest] = (head, label, nsec3, signed, size, 1 + len(signed))
 
     def _matching(self, chain: _Chain, name: str) -> bytes | None:
         digest = self._hash_of.get(name)
@@ -354,39 +385,102 @@ class Signer:
         if apex is not None and not any(r[0] == final and r[1] != 5 for r in response.answer):
             chain = self._chains[apex]
             if response.rcode == NXDOMAIN:
-                self._nxdomain_proof(chain, final, response)
+                digests = self._denial(chain, final, True)
             elif response.rcode == 0 and response.authority and response.authority[0][1] == SOA:
-                found = self._matching(chain, final)
-                if found is not None:
-                    self._add_nsec3(chain, found, response, set())
+                digests = self._denial(chain, final, False)
+            else:
+                digests = []
+            for digest in digests:
+                self._add_nsec3(chain, digest, response)
         response.answer = list(self._with_sigs(response.answer))
         response.authority = list(self._with_sigs(response.authority))
         response.additional = list(self._with_sigs(response.additional))
 
-    def _nxdomain_proof(self, chain: _Chain, qname: str, response: Response) -> None:
-        """RFC 5155 7.2.2: closest encloser matched, next closer and wildcard covered."""
-        parts = qname.split(".")
-        encloser = chain.apex
-        next_closer = qname
-        for i in range(1, len(parts)):
-            candidate = ".".join(parts[i:])
-            if self.zone.exists(candidate) or candidate == chain.apex:
-                encloser, next_closer = candidate, ".".join(parts[i - 1 :])
-                break
-        added: set[bytes] = set()
-        for found in (self._matching(chain, encloser), self._covering(chain, next_closer),
-                      self._covering(chain, "*." + encloser)):
-            if found is not None:
-                self._add_nsec3(chain, found, response, added)
+    def _denial(self, chain: _Chain, qname: str, nxdomain: bool, qname_wire: bytes | None = None) -> list[bytes]:
+        """The hashes of the NSEC3 records that deny `qname`, in the order answers carry them.
 
-    def _add_nsec3(self, chain: _Chain, digest: bytes, response: Response, added: set[bytes]) -> None:
-        if digest in added:
-            return
-        added.add(digest)
+        NXDOMAIN (RFC 5155 7.2.2): the closest encloser matched, the next closer name and the wildcard
+        at the encloser covered, each once. NODATA (7.2.3): the name's own NSEC3. The slow path
+        (`augment`) and the fast path (`denial_wire`) both take them from here, so they agree.
+        """
+        if not nxdomain:
+            found = self._matching(chain, qname)
+            return [] if found is None else [found]
+        apex = chain.apex
+        encloser = apex
+        exists = self.zone.exists
+        start = 0  # where the next closer name starts: in the text, and (plain names) in the wire form
+        dot = qname.find(".")
+        while dot >= 0:
+            candidate = qname[dot + 1 :]
+            if candidate == apex or exists(candidate):
+                encloser = candidate
+                break
+            start = dot + 1
+            dot = qname.find(".", start)
+        else:
+            start = 0
+        hashes = chain.hashes
+        if not hashes:
+            return []
+        if qname_wire is not None:  # the caller's lower-case wire form of the plain name: a suffix of it
+            next_hash = hashlib.sha1(qname_wire[start:], usedforsecurity=False).digest()
+        else:
+            next_hash = hash_name(text_to_wire(qname[start:]), b"", 0)
+        count = len(hashes)
+        fixed = chain.enclosers.get(encloser)
+        if fixed is None or fixed[0] != chain.version:
+            if len(chain.enclosers) >= 65_536:
+                chain.enclosers.clear()
+            wildcard = hash_name(text_to_wire("*." + encloser), b"", 0)
+            fixed = chain.enclosers[encloser] = (chain.version, self._matching(chain, encloser),
+                                                 hashes[(bisect.bisect_right(hashes, wildcard) - 1) % count])
+        _, match, wildcard_cover = fixed
+        cover = hashes[(bisect.bisect_right(hashes, next_hash) - 1) % count]
+        digests = [match] if match is not None else []
+        if cover not in digests:
+            digests.append(cover)
+        if wildcard_cover not in digests:
+            digests.append(wildcard_cover)
+        return digests
+
+    def _add_nsec3(self, chain: _Chain, digest: bytes, response: Response) -> None:
         owner, rdata, sigs = chain.records[digest]
         ttl = self._nsec3_ttl()
         response.authority.append((owner, NSEC3, ttl, rdata))
         response.authority.extend((owner, RRSIG, ttl, sig) for sig in sigs)
+
+    def denial_wire(self, apex: str, qname: str, nxdomain: bool, apex_at: int, at: int,
+                    qname_wire: bytes | None = None) -> tuple[bytes, int] | None:
+        """The NSEC3 records (with RRSIGs) denying `qname`, encoded as the slow path's encoder writes
+        them at offset `at` of a reply whose question holds the apex's labels at `apex_at`; and how
+        many records that is. For the fast path's DO=1 NXDOMAIN and NODATA (`handler.SignedDenial`).
+
+        Owner names are compressed as `wire.encode` compresses them: the hash label, then a pointer
+        to the apex in the question; each RRSIG's owner a pointer to its NSEC3's. None when the query
+        name itself ends in one of these owner names (the encoder would point into the question
+        there): the slow path answers such a name. A query never signs: the records and signatures
+        are the ones `_resign_nsec3` encoded when the chain last changed, so this is hashing (the
+        next closer and the wildcard), two bisects and a join.
+        """
+        chain = self._chains.get(apex)
+        if chain is None:
+            return b"", 0
+        to_apex = (0xC000 | apex_at).to_bytes(2)
+        parts: list[bytes] = []
+        count = 0
+        wire = chain.wire
+        for digest in self._denial(chain, qname, nxdomain, qname_wire):
+            label, text, nsec3, sigs, size, records = wire[digest]
+            if at >= 0x4000 or text in qname:
+                # The encoder no longer remembers names this far in; or the question may hold this
+                # owner name (then the encoder points into it): either way the slow path answers.
+                return None
+            to_owner = (0xC000 | at).to_bytes(2)
+            parts += (label, to_apex, nsec3, to_owner, to_owner.join(sigs)) if sigs else (label, to_apex, nsec3)
+            at += size
+            count += records
+        return b"".join(parts), count
 
     def _with_sigs(self, records: list) -> Iterator:  # type: ignore[type-arg]
         sigs = self._sigs

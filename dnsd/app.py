@@ -116,6 +116,17 @@ class App:
         self.recursor = recursor
         return recursor
 
+    async def _follower_synced(self) -> None:
+        """A follower binds its listeners only once it holds the watching process's data.
+
+        Bound earlier, SO_REUSEPORT would hand it its share of the clients at once, and it would
+        answer them SERVFAIL (not synced) until the first snapshot arrived: at start-up, and every
+        time a follower is restarted after a crash while the other processes serve normally.
+        """
+        # polled: synced is a plain flag of the index, set once, and the wait lasts one snapshot
+        while not self.zone.synced and not self.stopping.is_set() and not any(t.done() for t in self.tasks):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
     async def _start_source(self) -> None:
         config = self.config
         if self.link is not None:
@@ -232,6 +243,8 @@ class App:
         if config.workers > 1 and self.link is None:
             self.pool = WorkerPool(config, self.zone, self.stats)  # before the source: it sees every change
         await self._start_source()
+        if self.link is not None:
+            await self._follower_synced()
         self.listeners = Listeners(config.listen, self.handler.respond, config.tcp_idle_timeout,
                                    config.tcp_max_connections, config.tcp_max_per_client)
         try:

@@ -65,8 +65,9 @@ class ServiceRecord:
     #: Extra names from the ExternalDNS hostname annotation (validated, lower case, `*.` allowed).
     hostnames: tuple[str, ...] = ()
     #: (namespace, name), made once: both views key their tables by it, and a tuple per use would
-    #: cost 56 bytes per table per view (megabytes at 50,000 Services).
-    key: tuple[str, str] = field(init=False, repr=False, compare=False)
+    #: cost 56 bytes per table per view (megabytes at 50,000 Services). Always derived: a value given
+    #: to the constructor is ignored (it accepts one so that a record rebuilt from its slots works).
+    key: tuple[str, str] = field(default=("", ""), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.namespace, self.name))

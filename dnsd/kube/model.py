@@ -165,7 +165,21 @@ def _ports(raw: Any, ident: str) -> tuple[Port, ...]:
         if protocol not in ("tcp", "udp", "sctp"):
             continue
         ports.append(_port(name.lower(), protocol, number))
-    return tuple(ports)
+    return _port_tuple(tuple(ports))
+
+
+#: Every distinct tuple of ports, shared the same way: most Services and slices of a cluster have one of
+#: a few port lists, and a tuple each costs 56 bytes or more (megabytes at 50,000 Services and slices).
+_PORT_TUPLES: dict[tuple[Port, ...], tuple[Port, ...]] = {}
+
+
+def _port_tuple(ports: tuple[Port, ...]) -> tuple[Port, ...]:
+    found = _PORT_TUPLES.get(ports)
+    if found is None:
+        found = ports
+        if len(_PORT_TUPLES) < _MAX_SHARED_PORTS:
+            _PORT_TUPLES[ports] = ports
+    return found
 
 
 def service_from_api(obj: dict[str, Any]) -> ServiceRecord:

@@ -63,6 +63,7 @@ made during the transfer.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import ipaddress
 import logging
@@ -134,6 +135,10 @@ Records = dict[str, dict[int, RRset]]  # name -> type -> (ttl, rdatas)
 Flat = tuple[tuple[str, int, int, tuple[Rdata, ...]], ...]  # ((name, type, ttl, rdatas), ...)
 #: One RRset's contributions: (ttl, rdatas, owner) when one owner has it, else {owner: (ttl, rdatas)}.
 Shared = Union[tuple[int, tuple[Rdata, ...], Owner], dict[Owner, RRset]]  # noqa: UP007
+#: One RRset of one owner alone at its name, (rtype, ttl, rdatas, owner): what most names hold.
+Single = tuple[int, int, tuple[Rdata, ...], Owner]
+#: What `_names` holds per name: a `Single`, or type -> Shared for anything else.
+Entry = Union[Single, dict[int, Shared]]  # noqa: UP007
 #: One resource record as transferred: (owner, type, ttl, rdata).
 XfrRR = tuple[str, int, int, Union[Rdata, tuple[str, str, int, int, int, int, int]]]  # noqa: UP007
 RRKey = tuple[str, int, Rdata]  # a record without its TTL
@@ -181,9 +186,15 @@ class Snapshot:
                 continue
             saved = overlay.get(name)
             if saved is None:
-                by_type = live.get(name)
-                if by_type is None:
+                entry = live.get(name)
+                if entry is None:
                     continue
+                if isinstance(entry, tuple):  # one owner, one type: the common case
+                    rtype, ttl, rdatas = entry[0], entry[1], entry[2]
+                    for rdata in rdatas:
+                        yield name, rtype, ttl, rdata
+                    continue
+                by_type = entry
                 for rtype in sorted(by_type):
                     shared = by_type[rtype]
                     if isinstance(shared, tuple):  # one owner, the common case: no merge needed
@@ -280,8 +291,9 @@ class ZoneIndex:
         #: event refreshes exactly its routes (cost proportional to them, never to the cluster).
         self._routes_by_gateway: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
         # name -> type -> Shared. One owner (the common case) is stored as (ttl, rdatas, owner) rather
-        # than a dict: at 50,000 services the difference is tens of megabytes.
-        self._names: dict[str, dict[int, Shared]] = {}
+        # than a dict: at 50,000 services the difference is tens of megabytes. A name with one type of
+        # one owner (nearly every name) is a `Single` 4-tuple instead of a dict: 72 bytes, not 288.
+        self._names: dict[str, Entry] = {}
         #: Wildcard owners and delegation points, for `existence`: none today (see there).
         self._cuts: frozenset[str] = frozenset()
         self._wildcards: dict[str, int] = {}  # parent of a `*.` name -> how many count it (see _cuts)
@@ -347,7 +359,7 @@ class ZoneIndex:
             return apex, True, _EVERY_TYPE
         types = self._names.get(name)
         if types is not None:
-            return apex, True, types.keys()
+            return apex, True, ((types[0],) if isinstance(types, tuple) else types.keys())
         return apex, name in self._present or name in self._below, ()
 
     def apex_of_wire(self, name: bytes) -> tuple[ZoneApex | None, int]:
@@ -393,10 +405,12 @@ class ZoneIndex:
 
     def rrset(self, name: str, rtype: int) -> tuple[int, tuple[Rdata, ...]] | None:
         """(ttl, rdatas) of one RRset, merged across owners (two Services may share a PTR name)."""
-        by_type = self._names.get(name)
-        if not by_type:
+        entry = self._names.get(name)
+        if not entry:
             return None
-        by_owner = by_type.get(rtype)
+        if isinstance(entry, tuple):
+            return (entry[1], entry[2]) if entry[0] == rtype else None
+        by_owner = entry.get(rtype)
         if by_owner is None:
             return None
         if isinstance(by_owner, tuple):
@@ -410,7 +424,7 @@ class ZoneIndex:
     def rrsets_at(self, name: str) -> dict[int, RRset]:
         """Every merged RRset at a name, by type (for transfers and the journal)."""
         out: dict[int, RRset] = {}
-        for rtype in self._names.get(name, ()):
+        for rtype in _types_of(self._names.get(name)):
             rrset = self.rrset(name, rtype)
             if rrset is not None:
                 out[rtype] = rrset
@@ -422,7 +436,7 @@ class ZoneIndex:
 
     def types_at(self, name: str) -> list[int]:
         """The RR types present at a name, in ascending order."""
-        return sorted(self._names.get(name, {}))
+        return sorted(_types_of(self._names.get(name)))
 
     def soa_rdata(self, apex: ZoneApex | None = None) -> tuple[str, str, int, int, int, int, int]:
         """mname, rname, serial, refresh, retry, expire, minimum (of `apex`; default the first zone).
@@ -455,7 +469,7 @@ class ZoneIndex:
     @property
     def record_count(self) -> int:
         """Number of RRsets currently served (for the zone records metric)."""
-        return sum(len(types) for types in self._names.values())
+        return sum(1 if isinstance(types, tuple) else len(types) for types in self._names.values())
 
     # ---- transfers ------------------------------------------------------------------------------
 
@@ -511,6 +525,8 @@ class ZoneIndex:
         for 15 to 100 ms with 2,000 Services (measured during reloads: the soak's p99.9). Records
         that change later are young objects again; none of the zone's structures hold cycles, so
         what is frozen and later dropped is still freed by its reference count.
+        The memory the load freed on the way (JSON pages, temporary records) goes back to the system
+        (`release_free_memory`).
         """
         if not self.synced:
             self.synced = True
@@ -518,6 +534,7 @@ class ZoneIndex:
             self._commit(set(), force=True)
             gc.collect()
             gc.freeze()
+            release_free_memory()
 
     def replace(
         self,
@@ -628,7 +645,7 @@ class ZoneIndex:
         self.slices = new_slices
         self._slices_by_service = {}
         for skey, rec in new_slices.items():
-            _link(self._slices_by_service, (rec.namespace, rec.service), skey)
+            _link(self._slices_by_service, rec.service_key, skey)
         for ns in self.namespaces - new_namespaces:
             self._apply(("namespace", ns), {}, changed)
         for ns in new_namespaces - self.namespaces:
@@ -853,8 +870,8 @@ class ZoneIndex:
         if old is not None and old.service != record.service:
             _unlink(self._slices_by_service, (old.namespace, old.service), record.key)
             self._refresh((old.namespace, old.service), changed)
-        _link(self._slices_by_service, (record.namespace, record.service), record.key)
-        self._refresh((record.namespace, record.service), changed)
+        _link(self._slices_by_service, record.service_key, record.key)
+        self._refresh(record.service_key, changed)
         return True
 
     def _delete_slice(self, key: tuple[str, str], changed: set[str]) -> bool:
@@ -1113,19 +1130,19 @@ class ZoneIndex:
             previous = old.get(name)
             if previous == types:
                 continue
+            # One string per name, shared by both views, `_present`, `_names` and the contributions.
+            name = sys.intern(name)
             if previous is None:
-                name = sys.intern(name)
                 self._present[name] = self._present.get(name, 0) + 1
                 if self._present[name] == 1:
                     self._count_first_label(name, +1)
                     self._adjust_ancestors(name, +1)
             else:
                 self._remove_types(owner, name, previous)
-            by_type = self._names.setdefault(name, {})
+            by_type = _expand(self._names.get(name))
             for rtype, rrset in types.items():
                 _add_owner(by_type, rtype, owner, rrset)
-            if not by_type:
-                del self._names[name]
+            self._store(name, by_type)
             changed.add(name)
         if new_flat:
             self._contributions[owner] = new_flat
@@ -1143,13 +1160,25 @@ class ZoneIndex:
             self._adjust_ancestors(name, -1)
 
     def _remove_types(self, owner: Owner, name: str, types: dict[int, RRset]) -> None:
-        by_type = self._names.get(name)
-        if by_type is None:
+        entry = self._names.get(name)
+        if entry is None:
             return
+        by_type = _expand(entry)
         for rtype in types:
             _remove_owner(by_type, rtype, owner)
+        self._store(name, by_type)
+
+    def _store(self, name: str, by_type: dict[int, Shared]) -> None:
+        """Keep a name's types in their compact form: a `Single` when one owner's one RRset is all."""
         if not by_type:
-            del self._names[name]
+            self._names.pop(name, None)
+            return
+        if len(by_type) == 1:
+            (rtype, shared), = by_type.items()
+            if isinstance(shared, tuple):
+                self._names[name] = (rtype, shared[0], shared[1], shared[2])
+                return
+        self._names[name] = by_type
 
     def _adjust_ancestors(self, name: str, delta: int) -> None:
         """Count `name` in every ancestor strictly between it and its zone's apex (ENT bookkeeping)."""
@@ -1192,6 +1221,30 @@ class ZoneIndex:
         slices = [self.slices[s] for s in sorted(self._slices_by_service.get(key, ()))]
         records = records_for_service(service, slices, self.cluster_domain, self.config.ttl, self._in_served_zone)
         return add_hostnames(records, service, self.cluster_domain, self._in_served_zone)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Return the heap memory freed so far to the system (glibc `malloc_trim(0)`; nothing elsewhere).
+
+    For after a full list or relist: parsing tens of thousands of API objects page by page frees as
+    much memory as the zone keeps, and glibc keeps freed chunks inside its heaps (only the top of a
+    heap is ever returned), so without this the process's RSS stays tens of megabytes above what it
+    holds. It costs a walk over the free chunks (milliseconds), so it runs only after full lists.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 K = TypeVar("K")
@@ -1241,6 +1294,7 @@ def _flatten(records: Records) -> Flat:
     """Records as one tuple; a name present without records (a Namespace) becomes (name, 0, 0, ())."""
     flat: list[tuple[str, int, int, tuple[Rdata, ...]]] = []
     for name, types in records.items():
+        name = sys.intern(name)  # the one copy `_apply_flat` keys the name by
         if not types:
             flat.append((name, 0, 0, ()))
         flat.extend((name, rtype, ttl, rdatas) for rtype, (ttl, rdatas) in types.items())
@@ -1254,6 +1308,22 @@ def _unflatten(flat: Flat) -> Records:
         if rtype:
             types[rtype] = (ttl, rdatas)
     return records
+
+
+def _types_of(entry: Entry | None) -> Collection[int]:
+    """The RR types of one `_names` entry."""
+    if entry is None:
+        return ()
+    return (entry[0],) if isinstance(entry, tuple) else entry.keys()
+
+
+def _expand(entry: Entry | None) -> dict[int, Shared]:
+    """A `_names` entry as a type -> Shared dict to change (a fresh one for a `Single` or nothing)."""
+    if entry is None:
+        return {}
+    if isinstance(entry, tuple):
+        return {entry[0]: (entry[1], entry[2], entry[3])}
+    return entry
 
 
 def _add_owner(by_type: dict[int, Shared], rtype: int, owner: Owner, rrset: RRset) -> None:

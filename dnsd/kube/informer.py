@@ -69,7 +69,7 @@ from dnsd.kube.model import (
     service_from_api,
     slice_from_api,
 )
-from dnsd.zone import ZoneIndex
+from dnsd.zone import ZoneIndex, release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +445,8 @@ class _Informer:
             await zone.resync_slices([r for r in records if isinstance(r, SliceRecord)], self.namespace,
                                      self.listed_version)
         self.resource_version = rv
+        if zone.synced:
+            release_free_memory()  # a relist freed a whole list's JSON (the first sync does this too)
         metrics.SOURCE_LAST_SYNC.labels(self.kind.label).set(time.time())
         logger.debug(
             "%s informer %s: listed %d objects at resourceVersion %s in %.2f s",

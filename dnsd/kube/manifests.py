@@ -48,7 +48,7 @@ from dnsd.kube.model import (
     service_from_api,
     slice_from_api,
 )
-from dnsd.zone import ZoneIndex
+from dnsd.zone import ZoneIndex, release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -347,6 +347,7 @@ class ManifestSource:
         self._digest = digest  # first: a poll during the steps must not read the same content again
         changed = await self.zone.resync_all(services, slices, namespaces, self._version(), hosts)
         self._applied(services, slices, changed)
+        release_free_memory()  # the parse of the whole file is garbage now (the first load: mark_synced)
         return True
 
     def _version(self) -> int | None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -249,12 +252,12 @@ def web(host: str, address: str = "2001:db8:42::1") -> dict[str, object]:
     return service("default", "web", [address], annotations={"external-dns.kubernetes.io/hostname": host})
 
 
-async def zone_serials(proc: DnsdProcess, count: int = 30) -> dict[str, set[int]]:
+async def zone_serials(proc: DnsdProcess, source: str, count: int = 30) -> dict[str, set[int]]:
     """Each zone's SOA serial as `count` queries from as many ports see it (spread over every process)."""
     async def one(zone: str, i: int) -> int:
         query = dns.message.make_query(zone, "SOA", id=i + 1)
         query.flags &= ~dns.flags.RD
-        reply = await dns.asyncquery.udp(query, proc.host, port=proc.port, timeout=3)
+        reply = await dns.asyncquery.udp(query, proc.host, port=proc.port, timeout=3, source=source)
         return int(reply.answer[0][0].serial) if reply.answer else -1  # -1: not synced yet (SERVFAIL)
     found: dict[str, set[int]] = {}
     for zone in ZONES:
@@ -262,11 +265,11 @@ async def zone_serials(proc: DnsdProcess, count: int = 30) -> dict[str, set[int]
     return found
 
 
-async def settle(proc: DnsdProcess, check: object, timeout: float = 20.0) -> dict[str, int]:
+async def settle(proc: DnsdProcess, check: object, timeout: float = 20.0, source: str = CLUSTER) -> dict[str, int]:
     """Wait until every process agrees on every zone's serial and `check(serials)` holds; the serials."""
     deadline = time.monotonic() + timeout
     while True:
-        found = await zone_serials(proc)
+        found = await zone_serials(proc, source)
         if all(len(s) == 1 and -1 not in s for s in found.values()):
             single = {z: next(iter(s)) for z, s in found.items()}
             if check(single):  # type: ignore[operator]
@@ -275,11 +278,19 @@ async def settle(proc: DnsdProcess, check: object, timeout: float = 20.0) -> dic
         await asyncio.sleep(0.1)
 
 
+def readyz(proc: DnsdProcess) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proc.http_port}/readyz", timeout=3) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 @asynccontextmanager
 async def kube_dnsd(tmp_path: Path, fake: FakeKube) -> AsyncIterator[DnsdProcess]:
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
     proc = DnsdProcess(*ZONE_ARGS, "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
-                       "--workers", "2", http="127.0.0.1:0")
+                       "--workers", "2", "--allow-recursion", "127.0.0.1/32", http="127.0.0.1:0")
     await asyncio.to_thread(proc.start)
     try:
         yield proc
@@ -317,6 +328,23 @@ async def test_per_zone_serials_from_kubernetes_with_a_follower_a_relist_and_a_r
             assert len(list(fake.lists("services"))) > lists  # the relist really happened
             assert newer(three[A], two[A]) and three[B] == one[B] and three[R] == start[R]
             assert three[A] == rv
+            assert await settle(proc, lambda s: True, source=INTERNET) == three  # all published here
+
+            # a follower killed and started again takes the zone serials over (they are history, not
+            # state), in the cluster's view and in the Internet's
+            assert proc.proc is not None
+            children = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children")
+            victim = int(children.read_text().split()[0])
+            os.kill(victim, signal.SIGKILL)
+            async with asyncio.timeout(20):  # replaced, and the replacement bound and synced (/readyz)
+                while str(victim) in children.read_text().split() or not children.read_text().split() \
+                        or await asyncio.to_thread(readyz, proc) != 200:
+                    await asyncio.sleep(0.1)
+            for source in (CLUSTER, INTERNET):
+                deadline = time.monotonic() + 20
+                while (found := await zone_serials(proc, source, 40)) != {z: {three[z]} for z in ZONES}:
+                    assert time.monotonic() < deadline and all(s <= {three[z], -1} for z, s in found.items()), found
+                    await asyncio.sleep(0.1)
 
         # a restart lists everything again: every zone at the list's version, none lower than before
         async with kube_dnsd(tmp_path, fake) as proc:

@@ -44,7 +44,9 @@ and the followers. The rules below hold per zone, restricted to the changes of t
 * **Per zone.** At the first full sync every zone takes the version of the full state. Afterwards,
   at the end of each batch, each zone whose records changed (exactly: with the journal on, a change
   that leaves a name's merged records as they were is none) takes the batch's version when newer
-  than its serial, else its serial + 1; the others keep theirs. A restarted replica starts every
+  than its serial, else its serial + 1; so does each zone in which the object of an event that
+  changed no record has records (the "update that changes no record" rule above, per zone); the
+  others keep theirs. A restarted replica starts every
   zone at the version of its list, never below what a zone had (the deletion exception aside), but
   a zone unchanged for a while may have an older serial on replicas that watched all along: the
   zone serials are the same on replicas that saw the same stream of events, and a `--workers`
@@ -325,6 +327,7 @@ class ZoneIndex:
         self.serials: dict[str, int] = {z.name: 1 for z in self.apexes}
         self._apex_by_name = {z.name: z for z in self.apexes}
         self._dirty_zones: set[str] = set()  # zones whose data changed since their serial last moved
+        self._version_zones: set[str] = set()  # zones an event that changed no record was about
         # The journal costs a diff per change: kept only when someone may transfer.
         self.journal_limit = config.ixfr_journal if config.transfer_allow else 0
         self.journals: dict[str, deque[JournalEntry]] = {z.name: deque() for z in self.apexes}
@@ -725,6 +728,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._put_service(record, changed)
+        self._unchanged_event(("service", *record.key), version, changed)
         self._commit(changed)
 
     def delete_service(self, namespace: str, name: str, version: int | None = None) -> None:
@@ -732,6 +736,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._delete_service((namespace, name), changed)
+        self._unchanged_event(("service", namespace, name), version, changed)
         self._commit(changed)
 
     def put_slice(self, record: SliceRecord, version: int | None = None) -> None:
@@ -739,13 +744,17 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._put_slice(record, changed)
+        self._unchanged_event(("service", record.namespace, record.service), version, changed)
         self._commit(changed)
 
     def delete_slice(self, namespace: str, name: str, version: int | None = None) -> None:
         """Remove one EndpointSlice."""
         self.see_version(version)
         changed: set[str] = set()
+        old = self.slices.get((namespace, name))
         self._delete_slice((namespace, name), changed)
+        if old is not None:
+            self._unchanged_event(("service", old.namespace, old.service), version, changed)
         self._commit(changed)
 
     async def resync_all(self, services: Iterable[ServiceRecord], slices: Iterable[SliceRecord],
@@ -812,6 +821,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._put_object(record, changed)
+        self._unchanged_event(record.ident, version, changed)
         self._commit(changed)
 
     def delete_object(self, ident: tuple[str, str, str], version: int | None = None) -> None:
@@ -819,6 +829,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._delete_object(ident, changed)
+        self._unchanged_event(ident, version, changed)
         self._commit(changed)
 
     async def resync_objects(self, kinds: Collection[str] | None, records: Iterable[HostRecord],
@@ -1114,10 +1125,26 @@ class ZoneIndex:
             if apex is not None:
                 dirty.add(apex.name)
 
+    def _unchanged_event(self, owner: Owner, version: int | None, changed: set[str]) -> None:
+        """An event with a version that changed no record still moves the zones its object has records in.
+
+        A replica that lists later sees the object's new resourceVersion, so the one that watched
+        moves those zones too (a single zone behaves exactly as before zones had serials of their own).
+        """
+        if version is None or changed or not self._based:
+            return
+        find = self.find_apex
+        for entry in self._contributions.get(owner, ()):
+            apex = find(entry[0])
+            if apex is not None:
+                self._version_zones.add(apex.name)
+
     def _move_dirty_zones(self) -> None:
         """Each zone whose data changed takes the version when newer (RFC 1982), else serial + 1."""
         version = None if self._version is None else self._version & 0xFFFFFFFF
-        for name in sorted(self._dirty_zones):
+        zones = self._dirty_zones | self._version_zones
+        self._version_zones = set()
+        for name in sorted(zones):
             current = self.serials[name]
             self._move_zone(name, version if version is not None and serial_gt(version, current)
                             else (current + 1) & 0xFFFFFFFF)

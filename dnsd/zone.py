@@ -640,7 +640,6 @@ class ZoneIndex:
                 taken = op[1].get(self.view_name)
         if changed:
             self._dirty = True
-            self._mark_dirty(changed)
         batch_done = serial != self.serial
         if batch_done:
             self._move_serial(serial)
@@ -1071,7 +1070,6 @@ class ZoneIndex:
         serials_before = dict(self.serials)
         if changed:
             self._dirty = True
-            self._mark_dirty(changed)
         if not self._batch:
             version = None if self._version is None else self._version & 0xFFFFFFFF
             if not self._based:
@@ -1109,18 +1107,19 @@ class ZoneIndex:
         self.serial = serial
         self._dirty = False
 
-    def _mark_dirty(self, changed: set[str]) -> None:
-        """The zones of these changed names have data their serial does not describe yet.
+    def _mark_dirty(self, names: Iterable[str], changed: set[str]) -> None:
+        """The zones of these names, where changed, have data their serial does not describe yet.
 
-        With the journal on, `_track` knows exactly which names' records changed (an owner's change
-        that leaves the merged records as they were, such as a PTR two Services share, is none) and
-        marks their zones itself; without it, every name whose contribution changed counts.
+        Called from `_apply` whatever the caller (a signer's `put_extra` included). With the journal
+        on, `_track` knows exactly which names' records changed (an owner's change that leaves the
+        merged records as they were, such as a PTR two Services share, is none) and marks their zones
+        itself; without it, every name whose contribution changed counts.
         """
-        if self.synced and self.journal_limit:
-            return
         find = self.find_apex
         dirty = self._dirty_zones
-        for name in changed:
+        for name in names:
+            if name not in changed:
+                continue
             apex = find(name)
             if apex is not None:
                 dirty.add(apex.name)
@@ -1225,10 +1224,11 @@ class ZoneIndex:
         if old_flat == new_flat:
             return
         tracking = (self.synced and self.journal_limit) or self._readers
+        names = {entry[0] for entry in old_flat} | {entry[0] for entry in new_flat}
         if not tracking:
             self._apply_flat(owner, new, old_flat, new_flat, changed)
+            self._mark_dirty(names, changed)
             return
-        names = {entry[0] for entry in old_flat} | {entry[0] for entry in new_flat}
         before = {name: self.rrsets_at(name) for name in names}
         for reader in self._readers:
             for name, records in before.items():
@@ -1237,6 +1237,8 @@ class ZoneIndex:
         if self.synced and self.journal_limit:
             for name, records in before.items():
                 self._track(name, records)
+        else:
+            self._mark_dirty(names, changed)
 
     def _apply_flat(self, owner: Owner, new: Records, old_flat: Flat, new_flat: Flat, changed: set[str]) -> None:
         old = _unflatten(old_flat)

@@ -4,8 +4,9 @@ A change whose records lie in one zone moves only that zone's SOA serial; NOTIFY
 zones whose serial moved; an IXFR of a zone from its previous serial carries exactly its own changes
 (dnspython applies it and ends with the zone a fresh AXFR gives) after changes in both zones; a
 zone's serial never goes backwards across a relist after 410 nor a restart; `--workers` followers
-answer the same per-zone serials; the Internet's view of a zone keeps its serial when only an
-unpublished address changed. Zone A (`a.test`) holds the Service names, zone B (`b.test`) a
+answer the same per-zone serials (a restarted follower too); the Internet's view of a zone keeps its
+serial when only an unpublished address changed; real Knot secondaries, one per zone, transfer only
+the zone that changed. Zone A (`a.test`) holds the Service names, zone B (`b.test`) a
 Service's ExternalDNS hostname, and `2001:db8:42::/48` the PTRs of the addresses inside it.
 """
 
@@ -32,9 +33,13 @@ import dns.rdatatype
 import dns.rrset
 import dns.xfr
 import dns.zone
+import pytest
 
 from tests.dnsd_process import DnsdProcess, rdata_texts
 from tests.fakekube import FakeKube, service
+from tests.hierarchy import MissingTool, require
+from tests.secondaries import Secondary, key_file
+from tests.started_dnsd import free_port
 
 A, B, R = "a.test", "b.test", "2.4.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
 ZONES = (A, B, R)
@@ -100,7 +105,7 @@ def newer(a: int, b: int) -> bool:
     return a != b and ((a > b and a - b < 2**31) or (a < b and b - a > 2**31))
 
 
-class Secondary:
+class NotifyListener:
     """A UDP listener that records every NOTIFY (zone, serial) and acknowledges it, as a secondary does."""
 
     def __init__(self) -> None:
@@ -141,8 +146,8 @@ class Secondary:
 
 
 @contextmanager
-def secondary() -> Iterator[Secondary]:
-    listener = Secondary()
+def secondary() -> Iterator[NotifyListener]:
+    listener = NotifyListener()
     try:
         yield listener
     finally:
@@ -359,3 +364,72 @@ async def test_per_zone_serials_from_kubernetes_with_a_follower_a_relist_and_a_r
         assert "Traceback" not in proc.output()
     finally:
         await fake.stop()
+
+
+# ---- real Knot secondaries, one per zone ------------------------------------------------------------
+
+
+def test_knot_secondaries_of_two_zones_transfer_only_the_zone_that_changed(tmp_path: Path) -> None:
+    """Knot for zone A and Knot for zone B (refresh timers at two hours: only NOTIFY moves them): a change in
+    B reaches B's secondary by IXFR and A's secondary is neither notified nor transfers; a change in both
+    reaches both by IXFR, which Knot accepts only when the diff is exact."""
+    try:
+        require("knotd")
+        require("tsig-keygen")
+    except MissingTool as exc:
+        pytest.fail(str(exc))
+    path = tmp_path / "cluster.yaml"
+    write(path, manifests(("2001:db8:42::1",), "www.b.test", "2001:db8:77::1"))
+    port = free_port()
+    knots: dict[str, Secondary] = {}
+    flags: list[str] = []
+    for zone, label in ((A, "a"), (B, "b")):
+        key_path, secret = key_file(tmp_path, f"{label}-key")
+        knots[zone] = Secondary("knot", tmp_path / f"knot-{label}", zone, port, f"{label}-key", secret)
+        flags += ["--tsig-key-file", str(key_path), "--transfer-allow", f"127.0.0.0/8={label}-key",
+                  "--notify", f"127.0.0.1:{knots[zone].port}={label}-key"]
+
+    def transfers(proc: DnsdProcess, key: str, start: int) -> list[str]:
+        return [line for line in proc.lines[start:] if "transfer client=" in line and f"key={key}" in line]
+
+    with DnsdProcess(*ZONE_ARGS, "--nameserver", "ns1.a.test=2001:db8::53", "--source", f"file:{path}", *flags,
+                     listen=(f"127.0.0.1:{port}",)) as proc:
+        try:
+            for knot in knots.values():
+                knot.start()
+            start = serials(proc)
+            for zone, knot in knots.items():
+                knot.wait_serial(start[zone])
+
+            # zone B only
+            mark = len(proc.lines)
+            write(path, manifests(("2001:db8:42::1",), "www2.b.test", "2001:db8:77::1"))
+            wait_until(lambda: serials(proc)[B] != start[B], proc)
+            one = serials(proc)
+            knots[B].wait_serial(one[B])
+            wait_until(lambda: any("kind=ixfr" in line and "result=incremental" in line
+                                   for line in transfers(proc, "b-key", mark)), proc)
+            assert knots[B].addresses("www2.b.test") == {"2001:db8:42::1"}
+            assert knots[B].query("www.b.test").rcode() == 3  # NXDOMAIN: the old name is gone
+            assert one[A] == start[A] and knots[A].serial() == start[A]
+            assert not transfers(proc, "a-key", mark)
+            assert not [line for line in proc.lines[mark:] if f"zone={A}" in line and "notify" in line]
+
+            # both zones: web's address
+            mark = len(proc.lines)
+            write(path, manifests(("2001:db8:42::2",), "www2.b.test", "2001:db8:77::1"))
+            wait_until(lambda: serials(proc)[A] != start[A], proc)
+            two = serials(proc)
+            assert newer(two[B], one[B])
+            for zone, knot in knots.items():
+                knot.wait_serial(two[zone])
+                key = "a-key" if zone == A else "b-key"
+                wait_until(lambda key=key: any("kind=ixfr" in line and "result=incremental" in line  # type: ignore[misc]
+                                               for line in transfers(proc, key, mark)), proc)
+                assert "malformed" not in knot.log_text()
+            assert knots[A].addresses("web.default.svc.a.test") == {"2001:db8:42::2"}
+            assert knots[B].addresses("www2.b.test") == {"2001:db8:42::2"}
+        finally:
+            for knot in knots.values():
+                knot.stop()
+    assert "Traceback" not in proc.output()

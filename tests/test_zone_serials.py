@@ -413,7 +413,9 @@ def test_knot_secondaries_of_two_zones_transfer_only_the_zone_that_changed(tmp_p
             assert knots[B].query("www.b.test").rcode() == 3  # NXDOMAIN: the old name is gone
             assert one[A] == start[A] and knots[A].serial() == start[A]
             assert not transfers(proc, "a-key", mark)
-            assert not [line for line in proc.lines[mark:] if f"zone={A}" in line and "notify" in line]
+            # (a NOTIFY of A's unchanged serial may still be a retry of the one sent at start-up)
+            assert not [line for line in proc.lines[mark:]
+                        if "notify " in line and f"zone={A} " in line and f"serial={start[A]} " not in line]
 
             # both zones: web's address
             mark = len(proc.lines)

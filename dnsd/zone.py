@@ -1171,6 +1171,10 @@ class ZoneIndex:
             while entries and (len(entries) > self.journal_limit or self.journal_records > MAX_JOURNAL_RECORDS):
                 dropped = entries.popleft()
                 self.journal_records -= len(dropped.deleted) + len(dropped.added)
+            for other in self.journals.values():  # the record bound is for all zones together
+                while other and self.journal_records > MAX_JOURNAL_RECORDS:
+                    dropped = other.popleft()
+                    self.journal_records -= len(dropped.deleted) + len(dropped.added)
         apex = self._apex_by_name[name]
         for callback in self._serial_subscribers:
             callback(apex, serial)

@@ -96,7 +96,7 @@ class App:
         if self.recursor is not None:
             for path, healthy in self.recursor.health().items():
                 metrics.UPSTREAM_HEALTHY.labels(path=path).set(1 if healthy else 0)
-        metrics.JOURNAL_SERIALS.set(len(self.zone.journal))
+        metrics.JOURNAL_SERIALS.set(sum(len(j) for j in self.zone.journals.values()))
         metrics.JOURNAL_RECORDS.set(self.zone.journal_records)
 
     async def _make_recursor(self) -> Recursor | None:

@@ -3,8 +3,10 @@
 Clients inside `--allow-recursion` are the cluster and get the full `ZoneIndex`; everyone else is the
 Internet and gets an `InternetView`: a second index that follows every batch of the cluster index
 (`ZoneIndex.publish_to`, the mechanism `--workers` followers use), so it is updated per event at the
-cost of that event, holds the same serial, and keeps its own IXFR journal, which is why zone
-transfers carry it. It computes each Service's records from the same slim objects with the
+cost of that event, holds the same global serial, and keeps its own IXFR journal and its own serial
+per zone, which is why zone transfers and NOTIFY carry it: a zone's serial here moves only when what
+the Internet sees of that zone changed, so a change of an unpublished address moves none. It
+computes each Service's records from the same slim objects with the
 addresses outside `--publish-networks` (by default: the private-use ones) removed first, so every
 consequence follows from the one rule:
 
@@ -86,8 +88,13 @@ class InternetView(ZoneIndex):
         super().__init__(config)  # builds the static records, which need the predicate
         if cluster is not None:
             cluster.publish_to(self._follow_cluster)
+            cluster._views.append(self)  # a late --workers follower takes our zone serials over
 
-    def _follow_cluster(self, ops: list[Op], serial: int) -> None:
+    view_name = "internet"
+
+    def _follow_cluster(self, ops: list[Op], serial: int, serials: dict[str, int]) -> None:
+        # The cluster's zone serials are not ours: a zone's serial here moves only when what the
+        # Internet sees of it changed (`ZoneIndex.follow` without serials).
         self.follow(ops, serial)
 
     def _service_records(self, key: tuple[str, str]) -> Records:

@@ -12,8 +12,10 @@ bound to the watching process's actual ports) whose zone is fed by `ZoneIndex.fo
 source. The same operations under the same serial give the same data, hence the same bytes.
 
 The link is a socketpair carrying length-prefixed pickles (private to the two processes, never a
-network socket). First frame: ("start", config, number); then ("ops", operations, serial) with a
-snapshot of the current state first, so a follower started (or restarted) late catches up in one
+network socket). First frame: ("start", config, number); then ("ops", operations, serial, serials)
+(serials: each zone's own serial, which a follower takes as given rather than derives) with a
+snapshot of the current state first (with the zone serials of every view, `ZoneIndex.snapshot`),
+so a follower started (or restarted) late catches up in one
 step; ("stop",) ends it. A follower sends ("stats", snapshot, ready) once a second, so /metrics on
 the watching process counts every process's queries and /readyz waits for all of them. A follower
 whose link closes (the watching process died) stops; a follower that dies is started again.
@@ -106,9 +108,9 @@ class WorkerPool:
         self._tasks: list[asyncio.Task[None]] = []
         zone.publish_to(self.publish)
 
-    def publish(self, ops: list[Op], serial: int) -> None:
-        """The zone's hook: every committed batch goes to every follower."""
-        message = ("ops", ops, serial)
+    def publish(self, ops: list[Op], serial: int, serials: dict[str, int]) -> None:
+        """The zone's hook: every committed batch goes to every follower, with every zone's serial."""
+        message = ("ops", ops, serial, serials)
         for follower in self.followers:
             follower.send(message)
 
@@ -138,7 +140,7 @@ class WorkerPool:
         config = dataclasses.replace(self.config, listen=self.endpoints, http=None, workers=1, lame_duck=0.0)
         # No await between the snapshot and the first publish after it: the follower misses nothing.
         writer.write(frame(("start", config, follower.number)))
-        writer.write(frame(("ops", self.zone.snapshot(), self.zone.serial)))
+        writer.write(frame(("ops", self.zone.snapshot(), self.zone.serial, dict(self.zone.serials))))
         follower.reader_task = asyncio.create_task(self._listen(follower, reader))
         logger.info("worker %d started (pid %d)", follower.number, follower.process.pid)
 
@@ -209,7 +211,7 @@ async def follow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, zon
                 logger.warning("the watching process has gone; stopping")
                 break
             if message[0] == "ops":
-                zone.follow(message[1], message[2])
+                zone.follow(message[1], message[2], message[3])
                 send_stats()  # at once, so that readiness after the first snapshot is not a second late
             elif message[0] == "stop":
                 break

@@ -29,7 +29,8 @@ and counts in `dnsd_transfers_total{kind,result}`; refusals and bad signatures, 
 log at most `REFUSAL_LOG_PER_SECOND` lines a second (all are counted).
 
 NOTIFY (`Notifier`, in the watching process only, so that `--workers` followers do not repeat it):
-on every new serial each `--notify` target gets, for every zone, a NOTIFY with our SOA in the
+when a zone's serial moves (each zone has its own) each `--notify` target gets, for that zone, a
+NOTIFY with our SOA in the
 answer section (NSD ignores one whose serial is not newer), signed when the target names a key,
 retried with exponential backoff (1 s doubling to 60 s) until it is answered. One NOTIFY per target
 and zone is in flight at a time: changes that come faster coalesce into the next one, which always
@@ -310,8 +311,8 @@ class Transfers:
             return self._error(request, wire.REFUSED, kind, "refused")
         if not request.tcp:  # RFC 1995 4: over UDP, the current SOA tells the client to come over TCP
             self._count(kind, "current")
-            self._log(request, kind, "current", detail=f"serial={zone.serial}")
-            return self._message(request, [self._soa(apex, zone.serial)])  # signed by _finish
+            self._log(request, kind, "current", detail=f"serial={zone.serial_of(apex)}")
+            return self._message(request, [self._soa(apex, zone.serial_of(apex))])  # signed by _finish
         return self._stream(request, kind, apex)
 
     async def _stream(self, request: _Request, kind: str, apex: ZoneApex) -> AsyncIterator[bytes]:
@@ -324,7 +325,7 @@ class Transfers:
                 yield self._sign(request, self._plain(request, wire.SERVFAIL))
                 return
             await asyncio.sleep(0.05)
-        serial = zone.serial
+        serial = zone.serial_of(apex)
         client = _client_serial(request.data) if request.query.qtype == wire.IXFR else None
         entries: list[JournalEntry] | None = None
         if client is not None and not serial_gt(serial, client):
@@ -333,7 +334,7 @@ class Transfers:
             snapshot = None
         else:
             if client is not None and self.signer is None:  # signed: the journal lacks the RRSIGs, AXFR
-                entries = zone.journal_since(client)
+                entries = zone.journal_since(apex, client)
             if entries is not None:
                 result = "incremental"
                 snapshot = None
@@ -514,7 +515,7 @@ class Notifier:
         self._events: dict[tuple[int, str], asyncio.Event] = {}
         self._protocols: dict[int, _NotifyProtocol] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._last: int | None = None  # the serial the secondaries were last told of
+        self._last: dict[str, int | None] = {}  # apex -> the serial the secondaries were last told of
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -529,15 +530,23 @@ class Notifier:
                 self._events[(index, apex.name)] = event
                 self._tasks.append(asyncio.create_task(self._run(index, target, apex, event),
                                                        name=f"notify-{target.endpoint}-{apex.name}"))
-        self._last = self.zone.serial if self.zone.synced else None
+        self._last = {apex.name: self.zone.serial_of(apex) if self.zone.synced else None
+                      for apex in self.zone.apexes}
         self.zone.subscribe_serial(self._on_serial)
-        self.zone.subscribe(lambda changed: self._on_serial(self.zone.serial))  # the first sync
+        self.zone.subscribe(lambda changed: self._on_sync())  # the first sync
 
-    def _on_serial(self, serial: int) -> None:
-        if self.zone.synced and serial != self._last:
-            self._last = serial
-            for event in self._events.values():
-                event.set()
+    def _on_sync(self) -> None:
+        for apex in self.zone.apexes:
+            self._on_serial(apex, self.zone.serial_of(apex))
+
+    def _on_serial(self, apex: ZoneApex, serial: int) -> None:
+        """Only the zone whose serial moved is announced: its secondaries have something to transfer."""
+        if self.zone.synced and serial != self._last.get(apex.name):
+            self._last[apex.name] = serial
+            for index in range(len(self.targets)):
+                event = self._events.get((index, apex.name))
+                if event is not None:
+                    event.set()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -555,11 +564,11 @@ class Notifier:
         while True:
             await event.wait()
             event.clear()
-            if self.zone.serial == told:
+            if self.zone.serial_of(apex) == told:
                 continue  # changes during the retries: the answered NOTIFY already carried them
             timeout = NOTIFY_TIMEOUT
             while True:
-                serial = self.zone.serial  # the newest: changes meanwhile coalesce into this NOTIFY
+                serial = self.zone.serial_of(apex)  # the newest: changes meanwhile coalesce into this NOTIFY
                 result = await self._send(index, target, apex, serial, key, timeout)
                 metrics.NOTIFIES.labels(result).inc()
                 if result != "timeout":

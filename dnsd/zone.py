@@ -18,7 +18,11 @@ Every change reports the changed owner names to subscribers (the answer cache), 
 invalidation stays exact. This module knows nothing of sockets or wire formats beyond packing
 addresses; `authority` turns lookups into responses.
 
-The SOA serial (one for every zone dnsd serves) is designed for secondaries (`dnsd.xfr`):
+The SOA serial is designed for secondaries (`dnsd.xfr`). Every served zone (each `--zone`, each
+`--reverse-zone`) has its own (`serials`, `serial_of`), which moves only when that zone's records
+changed, so that a change in one zone sends no NOTIFY and causes no transfer for the others; the
+global `serial` (the newest of all, as a single zone would have it) is kept for the metric, the log
+and the followers. The rules below hold per zone, restricted to the changes of that zone:
 
 * **Same data, same serial, on every replica.** The serial is not a clock: it is taken from the
   source's own version of the data. For Kubernetes that is the resourceVersion (etcd's cluster-wide
@@ -37,6 +41,17 @@ The SOA serial (one for every zone dnsd serves) is designed for secondaries (`dn
   maximum. The one exception is a deletion that is the newest change of all: a fresh list no longer
   sees the deleted object, so a restarted replica starts below the serial the deletion gave; the next
   change to any object brings every replica to the same, higher serial again.
+* **Per zone.** At the first full sync every zone takes the version of the full state. Afterwards,
+  at the end of each batch, each zone whose records changed (exactly: with the journal on, a change
+  that leaves a name's merged records as they were is none) takes the batch's version when newer
+  than its serial, else its serial + 1; so does each zone in which the object of an event that
+  changed no record has records (the "update that changes no record" rule above, per zone); the
+  others keep theirs. A restarted replica starts every
+  zone at the version of its list, never below what a zone had (the deletion exception aside), but
+  a zone unchanged for a while may have an older serial on replicas that watched all along: the
+  zone serials are the same on replicas that saw the same stream of events, and a `--workers`
+  follower takes them as published rather than deriving them. The Internet's view (`dnsd.views`)
+  derives its own from what changed in it, so an unpublished address's change moves none of them.
 * **One serial per batch.** A relist is applied in steps that yield to the event loop, and a
   `--workers` follower applies the watching process's batches; data changed in a step without the
   serial moving yet is *unsettled*: transfers wait (`settled`) until the serial moves, so that a
@@ -47,9 +62,10 @@ sync, every change of the merged RRsets of a name is
 diffed at the record level (RR by RR, the TTL part of the record) into the pending diff, where an
 addition and a deletion of the same record cancel, so that each serial's diff is exact: it deletes
 only records that were there and adds only records that were not (Knot rejects anything else). When
-the serial moves the pending diff becomes a `JournalEntry`; the last `journal_limit` entries are kept
-(and at most `MAX_JOURNAL_RECORDS` records in all). Followers build the same journal from the same
-batches.
+a zone's serial moves its pending diff becomes a `JournalEntry` of that zone; each zone keeps its
+last `journal_limit` entries (and at most `MAX_JOURNAL_RECORDS` records in all), holding only its own
+records, so `journal_since(apex, serial)` leads exactly from one of the zone's serials to the next.
+Followers build the same journals from the same batches.
 
 Snapshots (for AXFR/IXFR streaming): `open_snapshot` copies the list of names (references to strings
 the index already holds, not a copy of their records; the names of other zones are skipped while
@@ -308,7 +324,10 @@ class ZoneIndex:
         self._contributions: dict[Owner, Flat] = {}
         self._subscribers: list[Callable[[set[str]], None]] = []
         self._journal: list[Op] | None = None  # operations since the last commit, when publishing
-        self._publishers: list[Callable[[list[Op], int], None]] = []
+        self._publishers: list[Callable[[list[Op], int, dict[str, int]], None]] = []
+        #: Indexes that follow this one and whose serials a late --workers follower must take over
+        #: (the Internet's view): `snapshot` carries them.
+        self._views: list[ZoneIndex] = []
         # ---- serial, IXFR journal, transfer snapshots (see the module docstring) ----
         self.serial = 1
         self._version: int | None = None  # the source's newest version of the data (resourceVersion, mtime)
@@ -316,14 +335,19 @@ class ZoneIndex:
         self._batch = 0  # >0 while a stepped relist runs: the serial moves at its end
         self._based = False  # the first synced serial is set: from now on the journal records
         self._dirty = False  # data changed since the serial last moved
+        #: Each served zone's own serial (apex name -> serial): what its SOA, transfers and NOTIFY carry.
+        self.serials: dict[str, int] = {z.name: 1 for z in self.apexes}
+        self._apex_by_name = {z.name: z for z in self.apexes}
+        self._dirty_zones: set[str] = set()  # zones whose data changed since their serial last moved
+        self._version_zones: set[str] = set()  # zones an event that changed no record was about
         # The journal costs a diff per change: kept only when someone may transfer.
         self.journal_limit = config.ixfr_journal if config.transfer_allow else 0
-        self.journal: deque[JournalEntry] = deque()
+        self.journals: dict[str, deque[JournalEntry]] = {z.name: deque() for z in self.apexes}
         self.journal_records = 0
-        self._pending_del: dict[RRKey, int] = {}
-        self._pending_add: dict[RRKey, int] = {}
+        # apex name -> (pending deletions, pending additions) of that zone's next journal entry
+        self._pending: dict[str, tuple[dict[RRKey, int], dict[RRKey, int]]] = {z.name: ({}, {}) for z in self.apexes}
         self._readers: list[Snapshot] = []
-        self._serial_subscribers: list[Callable[[int], None]] = []
+        self._serial_subscribers: list[Callable[[ZoneApex, int], None]] = []
         self._apex_wires = tuple(sorted(((_wire(z.name), z) for z in self.apexes), key=lambda item: -len(item[0])))
         self._apply(("static",), self._static_records(), set())
 
@@ -445,7 +469,17 @@ class ZoneIndex:
         """
         mname = self.config.nameserver[0].name if self.config.nameserver else f"ns1.{self.apex}"
         owner = self.apex if apex is None or apex.reverse_network is not None else apex.name
-        return (mname, f"hostmaster.{owner}", self.serial, *SOA_TIMERS, self.config.negative_ttl)
+        serial = self.serials[self.apexes[0].name if apex is None else apex.name]
+        return (mname, f"hostmaster.{owner}", serial, *SOA_TIMERS, self.config.negative_ttl)
+
+    def serial_of(self, apex: ZoneApex) -> int:
+        """The serial of one served zone (each moves only when its own data changes)."""
+        return self.serials[apex.name]
+
+    @property
+    def journal(self) -> deque[JournalEntry]:
+        """The first zone's IXFR journal (the others are in `journals`)."""
+        return self.journals[self.apexes[0].name]
 
     def published_names(self) -> tuple[int, int]:
         """(Service names, annotated hostnames) that exist in this index (for the names metric)."""
@@ -482,20 +516,21 @@ class ZoneIndex:
         """A reader of one zone at the current serial (call only when `settled`); close it when done."""
         names = [apex.name] if apex.name in self._names else []
         names.extend(n for n in self._names if n != apex.name)
-        snapshot = Snapshot(self, apex, self.serial, names)
+        snapshot = Snapshot(self, apex, self.serials[apex.name], names)
         self._readers.append(snapshot)
         return snapshot
 
-    def journal_since(self, serial: int) -> list[JournalEntry] | None:
-        """The entries leading from `serial` to the current serial, or None when it is not in the journal."""
-        entries = list(self.journal)
+    def journal_since(self, apex: ZoneApex, serial: int) -> list[JournalEntry] | None:
+        """The entries of `apex`'s journal leading from its `serial` to its current serial, or None when
+        that serial is not in the journal (each entry holds only that zone's records)."""
+        entries = list(self.journals[apex.name])
         for i, entry in enumerate(entries):
             if entry.old == serial:
-                return entries[i:] if entries[-1].new == self.serial else None
+                return entries[i:] if entries[-1].new == self.serials[apex.name] else None
         return None
 
-    def subscribe_serial(self, callback: Callable[[int], None]) -> None:
-        """Call `callback(serial)` every time the serial moves (NOTIFY)."""
+    def subscribe_serial(self, callback: Callable[[ZoneApex, int], None]) -> None:
+        """Call `callback(apex, serial)` every time the serial of a zone moves (NOTIFY, the SOA's RRSIG)."""
         self._serial_subscribers.append(callback)
 
     # ---- subscribing ----------------------------------------------------------------------------
@@ -558,8 +593,8 @@ class ZoneIndex:
 
     # ---- followers (--workers) ------------------------------------------------------------------
 
-    def publish_to(self, publish: Callable[[list[Op], int], None]) -> None:
-        """From now on, hand every committed batch of changes and the new serial to `publish`.
+    def publish_to(self, publish: Callable[[list[Op], int, dict[str, int]], None]) -> None:
+        """From now on, hand every committed batch of changes, the new serial and zone serials to `publish`.
 
         The watching process of `--workers` uses it to feed the others, which `follow` the same
         operations, so that every worker holds the same data under the same serial; the Internet's
@@ -575,12 +610,27 @@ class ZoneIndex:
                           frozenset(self.namespaces), tuple(self.objects.values()))]
         if self.synced:
             ops.append(("synced",))
+            # The zone serials are history (which zone changed when), not state: a late follower takes
+            # them over, for this index and for each view that follows it.
+            ops.append(("view_serials", {self.view_name: dict(self.serials),
+                                         **{v.view_name: dict(v.serials) for v in self._views}}))
         return ops
 
-    def follow(self, ops: list[Op], serial: int) -> None:
-        """Apply a batch published by the watching process, and take its serial."""
+    #: Which index this is in a `("view_serials", ...)` operation (see `snapshot`).
+    view_name = "cluster"
+
+    def follow(self, ops: list[Op], serial: int, serials: dict[str, int] | None = None) -> None:
+        """Apply a batch published by the watching process, and take its serial.
+
+        `serials` (the publisher's zone serials) is given when this index holds the same view as the
+        publisher (a --workers follower): it takes them. Without it (the Internet's view of the cluster
+        index), each zone whose own data changed moves by the same rule as `_commit`, once the
+        publisher's batch is complete (its serial moved), so that a change of unpublished data only
+        moves no serial here.
+        """
         changed: set[str] = set()
         was_synced = self.synced
+        taken: dict[str, int] | None = None
         for op in ops:
             kind = op[0]
             if kind == "put_service":
@@ -603,14 +653,30 @@ class ZoneIndex:
                 self.synced = True
             elif kind == "version":
                 self.see_version(op[1])
+            elif kind == "view_serials":
+                taken = op[1].get(self.view_name)
         if changed:
             self._dirty = True
-        if serial != self.serial:
-            self._move_serial(serial, journal=was_synced)
+        batch_done = serial != self.serial
+        if batch_done:
+            self._move_serial(serial)
+        if taken is not None:
+            serials = taken
+        if serials is not None:
+            for name, zone_serial in serials.items():
+                if name in self.serials:
+                    self._move_zone(name, zone_serial, journal=was_synced)
+        elif not was_synced:
+            for name in self.serials:
+                self._move_zone(name, serial, journal=False)
+        elif batch_done:
+            self._move_dirty_zones()
+        if not was_synced:
+            self._dirty_zones.clear()  # the first full state: no zone has a serial to move from yet
         if self._journal is not None:
             self._journal = []  # what we applied is passed on as received, not as re-recorded
             for publish in self._publishers:
-                publish(ops, serial)
+                publish(ops, serial, dict(self.serials))
         self._notify(changed)  # always: the serial (in every SOA-bearing answer) may have moved
 
     def _record(self, op: Op) -> None:
@@ -678,6 +744,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._put_service(record, changed)
+        self._unchanged_event(("service", *record.key), version, changed)
         self._commit(changed)
 
     def delete_service(self, namespace: str, name: str, version: int | None = None) -> None:
@@ -685,6 +752,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._delete_service((namespace, name), changed)
+        self._unchanged_event(("service", namespace, name), version, changed)
         self._commit(changed)
 
     def put_slice(self, record: SliceRecord, version: int | None = None) -> None:
@@ -692,13 +760,17 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._put_slice(record, changed)
+        self._unchanged_event(("service", record.namespace, record.service), version, changed)
         self._commit(changed)
 
     def delete_slice(self, namespace: str, name: str, version: int | None = None) -> None:
         """Remove one EndpointSlice."""
         self.see_version(version)
         changed: set[str] = set()
+        old = self.slices.get((namespace, name))
         self._delete_slice((namespace, name), changed)
+        if old is not None:
+            self._unchanged_event(("service", old.namespace, old.service), version, changed)
         self._commit(changed)
 
     async def resync_all(self, services: Iterable[ServiceRecord], slices: Iterable[SliceRecord],
@@ -765,6 +837,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._put_object(record, changed)
+        self._unchanged_event(record.ident, version, changed)
         self._commit(changed)
 
     def delete_object(self, ident: tuple[str, str, str], version: int | None = None) -> None:
@@ -772,6 +845,7 @@ class ZoneIndex:
         self.see_version(version)
         changed: set[str] = set()
         self._delete_object(ident, changed)
+        self._unchanged_event(ident, version, changed)
         self._commit(changed)
 
     async def resync_objects(self, kinds: Collection[str] | None, records: Iterable[HostRecord],
@@ -1010,6 +1084,7 @@ class ZoneIndex:
 
     def _commit(self, changed: set[str], force: bool = False) -> None:
         serial_before = self.serial
+        serials_before = dict(self.serials)
         if changed:
             self._dirty = True
         if not self._batch:
@@ -1018,57 +1093,119 @@ class ZoneIndex:
                 # Until the first full sync (and at it) the serial is the version itself, so that
                 # replicas whose informers finished their lists in a different order agree.
                 if version is not None and version != self.serial:
-                    self._move_serial(version, journal=False)
+                    self._move_serial(version)
                 elif self._dirty and version is None:
-                    self._move_serial((self.serial + 1) & 0xFFFFFFFF, journal=False)
+                    self._move_serial((self.serial + 1) & 0xFFFFFFFF)
                 self._dirty = False
                 self._version_used = self._version
                 self._based = self.synced
+                for name in self.serials:  # every zone starts at the version of the full state
+                    self._move_zone(name, self.serial, journal=False)
+                self._dirty_zones.clear()
             elif self._dirty or self._version != self._version_used:
                 if version is not None and serial_gt(version, self.serial):
                     self._move_serial(version)
                 else:
                     self._move_serial((self.serial + 1) & 0xFFFFFFFF)
                 self._version_used = self._version
-        if self._journal is not None and (self._journal or self.serial != serial_before):
+                self._move_dirty_zones()
+        zones_moved = self.serials != serials_before
+        if self._journal is not None and (self._journal or self.serial != serial_before or zones_moved):
             # A moved serial is published even without operations: the last step of a stepped
             # relist or reload may have gone out already, and followers must take the serial too.
             ops, self._journal = self._journal, []
             for publish in self._publishers:
-                publish(ops, self.serial)
-        if changed or force or self.serial != serial_before:
+                publish(ops, self.serial, dict(self.serials))
+        if changed or force or self.serial != serial_before or zones_moved:
             self._notify(changed)  # a moved serial alone changes every SOA-bearing answer
 
-    def _move_serial(self, serial: int, journal: bool = True) -> None:
-        """The serial moves: the pending diff becomes the journal entry from the old serial to this one.
+    def _move_serial(self, serial: int) -> None:
+        """The global serial (the newest of all: the metric, the log, what followers are handed) moves."""
+        self.serial = serial
+        self._dirty = False
+
+    def _mark_dirty(self, names: Iterable[str], changed: set[str]) -> None:
+        """The zones of these names, where changed, have data their serial does not describe yet.
+
+        Called from `_apply` whatever the caller (a signer's `put_extra` included). With the journal
+        on, `_track` knows exactly which names' records changed (an owner's change that leaves the
+        merged records as they were, such as a PTR two Services share, is none) and marks their zones
+        itself; without it, every name whose contribution changed counts.
+        """
+        find = self.find_apex
+        dirty = self._dirty_zones
+        for name in names:
+            if name not in changed:
+                continue
+            apex = find(name)
+            if apex is not None:
+                dirty.add(apex.name)
+
+    def _unchanged_event(self, owner: Owner, version: int | None, changed: set[str]) -> None:
+        """An event with a version that changed no record still moves the zones its object has records in.
+
+        A replica that lists later sees the object's new resourceVersion, so the one that watched
+        moves those zones too (a single zone behaves exactly as before zones had serials of their own).
+        """
+        if version is None or changed or not self._based:
+            return
+        find = self.find_apex
+        for entry in self._contributions.get(owner, ()):
+            apex = find(entry[0])
+            if apex is not None:
+                self._version_zones.add(apex.name)
+
+    def _move_dirty_zones(self) -> None:
+        """Each zone whose data changed takes the version when newer (RFC 1982), else serial + 1."""
+        version = None if self._version is None else self._version & 0xFFFFFFFF
+        zones = self._dirty_zones | self._version_zones
+        self._version_zones = set()
+        for name in sorted(zones):
+            current = self.serials[name]
+            self._move_zone(name, version if version is not None and serial_gt(version, current)
+                            else (current + 1) & 0xFFFFFFFF)
+
+    def _move_zone(self, name: str, serial: int, journal: bool = True) -> None:
+        """A zone's serial moves: its pending diff becomes its journal entry from the old serial to this one.
 
         `journal=False` for the first serial of a full state (nothing before it to diff against).
         """
-        old = self.serial
-        self.serial = serial
-        self._dirty = False
-        if journal and self.synced and old != serial and self.journal_limit:
+        old = self.serials[name]
+        if old == serial:
+            return
+        self._dirty_zones.discard(name)
+        pending_del, pending_add = self._pending[name]
+        self._pending[name] = ({}, {})
+        self.serials[name] = serial
+        if journal and self.synced and self.journal_limit:
             # Sorted: the order of a diff must not depend on set iteration (hash seeds differ between
             # processes), so that every --workers process sends the same bytes for the same IXFR.
-            deleted = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_del.items()), key=_rr_order))
-            added = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in self._pending_add.items()), key=_rr_order))
-            self.journal.append(JournalEntry(old, serial, deleted, added))
+            deleted = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in pending_del.items()), key=_rr_order))
+            added = tuple(sorted(((k[0], k[1], ttl, k[2]) for k, ttl in pending_add.items()), key=_rr_order))
+            entries = self.journals[name]
+            entries.append(JournalEntry(old, serial, deleted, added))
             self.journal_records += len(deleted) + len(added)
-            while self.journal and (len(self.journal) > self.journal_limit
-                                    or self.journal_records > MAX_JOURNAL_RECORDS):
-                dropped = self.journal.popleft()
+            while entries and (len(entries) > self.journal_limit or self.journal_records > MAX_JOURNAL_RECORDS):
+                dropped = entries.popleft()
                 self.journal_records -= len(dropped.deleted) + len(dropped.added)
-        self._pending_del = {}
-        self._pending_add = {}
+            for other in self.journals.values():  # the record bound is for all zones together
+                while other and self.journal_records > MAX_JOURNAL_RECORDS:
+                    dropped = other.popleft()
+                    self.journal_records -= len(dropped.deleted) + len(dropped.added)
+        apex = self._apex_by_name[name]
         for callback in self._serial_subscribers:
-            callback(serial)
+            callback(apex, serial)
 
     def _track(self, name: str, before: dict[int, RRset]) -> None:
-        """Diff one name's records before and after a change into the pending diff (exact, see above)."""
+        """Diff one name's records before and after a change into its zone's pending diff (exact, see above)."""
         after = self.rrsets_at(name)
         if before == after:
             return
-        pending_del, pending_add = self._pending_del, self._pending_add
+        apex = self.find_apex(name)
+        if apex is None:
+            return  # outside every zone (an out-of-zone nameserver's glue): no transfer carries it
+        self._dirty_zones.add(apex.name)
+        pending_del, pending_add = self._pending[apex.name]
         for rtype, (ttl, rdatas) in before.items():
             new = after.get(rtype)
             for rdata in rdatas:
@@ -1108,10 +1245,11 @@ class ZoneIndex:
         if old_flat == new_flat:
             return
         tracking = (self.synced and self.journal_limit) or self._readers
+        names = {entry[0] for entry in old_flat} | {entry[0] for entry in new_flat}
         if not tracking:
             self._apply_flat(owner, new, old_flat, new_flat, changed)
+            self._mark_dirty(names, changed)
             return
-        names = {entry[0] for entry in old_flat} | {entry[0] for entry in new_flat}
         before = {name: self.rrsets_at(name) for name in names}
         for reader in self._readers:
             for name, records in before.items():
@@ -1120,6 +1258,8 @@ class ZoneIndex:
         if self.synced and self.journal_limit:
             for name, records in before.items():
                 self._track(name, records)
+        else:
+            self._mark_dirty(names, changed)
 
     def _apply_flat(self, owner: Owner, new: Records, old_flat: Flat, new_flat: Flat, changed: set[str]) -> None:
         old = _unflatten(old_flat)

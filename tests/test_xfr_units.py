@@ -27,7 +27,7 @@ import pytest
 import dnsd.config
 from dnsd import tsig
 from dnsd.kube.model import Endpoint, Port, ServiceRecord, SliceRecord
-from dnsd.zone import SOA, JournalEntry, ZoneIndex, serial_gt
+from dnsd.zone import SOA, JournalEntry, ZoneApex, ZoneIndex, serial_gt
 
 ZONE = "c2.k8s.ooo"
 SECRET = "Pxe+vv4RWMid8BWM4Se1mLq0jZsbAAmluBFjzCMtYJ8="  # noqa: S105  # a test key
@@ -43,10 +43,12 @@ def make_zone(journal: int = 100000) -> ZoneIndex:
     return zone
 
 
-def content(zone: ZoneIndex) -> set[tuple[object, ...]]:
-    """Every record of every served zone except the SOA, with its TTL."""
+def content(zone: ZoneIndex, only: ZoneApex | None = None) -> set[tuple[object, ...]]:
+    """Every record of every served zone (or of `only`) except the SOA, with its TTL."""
     out: set[tuple[object, ...]] = set()
     for apex in zone.apexes:
+        if only is not None and apex is not only:
+            continue
         snapshot = zone.open_snapshot(apex)
         out.update(snapshot.records())
         snapshot.close()
@@ -90,24 +92,45 @@ def check_journal(entries: Iterable[JournalEntry], states: dict[int, set[tuple[o
 def test_the_journal_holds_exact_diffs_of_every_serial() -> None:
     zone = make_zone()
     rng = random.Random(1995)
-    states = {zone.serial: content(zone)}
+    # Per zone (the forward and the reverse zone): its content at each of its serials.
+    states = {apex.name: {zone.serial_of(apex): content(zone, apex)} for apex in zone.apexes}
+    moves = dict.fromkeys(states, 0)
     version = 100
     for _ in range(600):
         version += rng.choice((1, 1, 5))
         random_event(zone, rng, version)
-        states[zone.serial] = content(zone)
         assert zone.serial == version  # post-sync: the newer resourceVersion, every event
-    assert check_journal(zone.journal, states) == 600
-    entries = zone.journal_since(zone.journal[0].old)
-    assert entries is not None and entries[-1].new == zone.serial
-    assert zone.journal_since(12345) is None
+        now = {apex.name: content(zone, apex) for apex in zone.apexes}
+        last = {name: list(states[name])[-1] for name in states}
+        quiet = all(now[name] == states[name][last[name]] for name in states)
+        for apex in zone.apexes:
+            serial = zone.serial_of(apex)
+            if now[apex.name] != states[apex.name][last[apex.name]]:
+                assert serial == version  # a zone whose data changed takes the event's version
+            elif quiet:
+                # an event that changed no record moves the zones its object is in (as a replica that
+                # lists later would see its version), with an empty diff
+                assert serial in (last[apex.name], version)
+            else:
+                assert serial == last[apex.name]  # a zone the change did not touch keeps its serial
+            if serial != last[apex.name]:
+                states[apex.name][serial] = now[apex.name]
+                moves[apex.name] += 1
+    for apex in zone.apexes:
+        assert moves[apex.name] > 100
+        assert check_journal(zone.journals[apex.name], states[apex.name]) == moves[apex.name]
+        journal = zone.journals[apex.name]
+        entries = zone.journal_since(apex, journal[0].old)
+        assert entries is not None and entries[-1].new == zone.serial_of(apex)
+        assert zone.journal_since(apex, 12345) is None
 
 
 async def test_a_stepped_relist_is_one_serial_with_one_exact_diff() -> None:
     zone = make_zone()
     for i in range(2500):
         zone.put_service(svc(f"r{i}", (f"2001:db8:42::{i:x}",)), 10 + i)
-    before_serial, before = zone.serial, content(zone)
+    before_serial, before = zone.serial, content(zone, zone.apexes[0])
+    assert zone.serial_of(zone.apexes[0]) == before_serial
     serials: list[int] = []
     zone.subscribe(lambda changed: serials.append(zone.serial))
     settled: list[bool] = []
@@ -118,7 +141,8 @@ async def test_a_stepped_relist_is_one_serial_with_one_exact_diff() -> None:
     assert settled[:-1] and not any(settled[:-1]) and settled[-1]  # and transfers wait for the last
     entry = zone.journal[-1]
     assert (entry.old, entry.new) == (before_serial, 99999)
-    check_journal([entry], {before_serial: before, 99999: content(zone)})
+    assert zone.serial_of(zone.apexes[0]) == 99999
+    check_journal([entry], {before_serial: before, 99999: content(zone, zone.apexes[0])})
 
 
 def test_a_snapshot_reads_the_zone_as_it_was_at_its_serial() -> None:

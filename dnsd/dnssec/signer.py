@@ -108,7 +108,7 @@ class Signer:
         zone.subscribe(self.changed)
         zone.subscribe_serial(self._serial_moved)
         self.changed(set(zone.names()))
-        self._serial_moved(zone.serial)
+        self._serial_moved()
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ class Signer:
                 return 0
             self._resign_nsec3(chain, digest)
         elif rtype == SOA:
-            self._serial_moved(self.zone.serial)
+            self._serial_moved(self.apexes[apex])
         else:
             rrset = self._signed.get(name, {}).get(rtype)
             if rrset is None:
@@ -180,7 +180,7 @@ class Signer:
         self._expiries.clear()
         names = set(self.zone.names())
         self.changed(names)
-        self._serial_moved(self.zone.serial)
+        self._serial_moved()
         count = 0
         for chain in self._chains.values():
             for digest in chain.hashes:
@@ -296,11 +296,12 @@ class Signer:
                 if digest in chain.names:
                     self._resign_nsec3(chain, digest)
 
-    def _serial_moved(self, serial: int) -> None:
-        """The SOA (synthesized by the index, not stored) is re-signed for its new serial."""
-        soa = self.zone.soa_rdata()
-        for apex in self.apexes:
-            self._sigs[(apex, SOA)] = self._sign(apex, apex, SOA, self.zone.config.ttl, (soa,))
+    def _serial_moved(self, zone: ZoneApex | None = None, serial: int | None = None) -> None:
+        """A zone's SOA (synthesized by the index, not stored) is re-signed for its new serial (None: every zone)."""
+        for apex, found in self.apexes.items():
+            if zone is None or zone.name == apex:
+                soa = self.zone.soa_rdata(found)
+                self._sigs[(apex, SOA)] = self._sign(apex, apex, SOA, self.zone.config.ttl, (soa,))
 
     # ---- NSEC3 -------------------------------------------------------------------------------------
 

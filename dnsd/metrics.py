@@ -268,8 +268,7 @@ UPSTREAM_FAILURES = Counter(
 LIMIT_HITS = Counter(
     "dnsd_limit_hits_total",
     "Work refused because a limit was reached, by limit (tcp_connections, tcp_per_client, "
-    "tcp_write_stalled, udp_send_queue, recursion_outstanding, recursion_per_client, recursion_per_zone, "
-    "recursion_jostled)",
+    "tcp_write_stalled, recursion_outstanding, recursion_per_client, recursion_per_zone, recursion_jostled)",
     ["limit"],
 )
 TCP_CONNECTIONS = Gauge("dnsd_tcp_connections", "TCP connections open")

@@ -163,6 +163,27 @@ def _name_text(key: bytes) -> str | None:
     return text.decode("ascii")
 
 
+def _skip_name(reply: bytes, offset: int, pointers: list[int]) -> int:
+    """The offset after the (possibly compressed) name at `offset`; a pointer's position joins `pointers`."""
+    while True:
+        length = reply[offset]
+        if length & 0xC0 == 0xC0:
+            pointers.append(offset)
+            return offset + 2
+        offset += 1 + length
+        if length == 0:
+            return offset
+
+
+def _aimed(part: bytes, pointers: tuple[tuple[int, int], ...], qend: int) -> bytes:
+    """A template's `part` with its compression pointers, kept relative to the question's end, aimed
+    for a question that ends at `qend`."""
+    buf = bytearray(part)
+    for position, delta in pointers:
+        struct.pack_into("!H", buf, position, 0xC000 | (qend + delta))
+    return bytes(buf)
+
+
 class NegativeTemplate:
     """A NXDOMAIN, NODATA or REFUSED reply for any name of one zone (rcode, type, class and flags fixed).
 
@@ -197,14 +218,7 @@ class NegativeTemplate:
         pointers: list[int] = []
 
         def skip_name(offset: int) -> int:
-            while True:
-                length = reply[offset]
-                if length & 0xC0 == 0xC0:
-                    pointers.append(offset)
-                    return offset + 2
-                offset += 1 + length
-                if length == 0:
-                    return offset
+            return _skip_name(reply, offset, pointers)
 
         try:
             if reply[6:8] != b"\x00\x00":
@@ -238,10 +252,7 @@ class NegativeTemplate:
         """This template as the answer to `data`, whose question ends at `qend`."""
         tail = self.tails.get(qend)
         if tail is None:
-            buf = bytearray(self.tail)
-            for position, delta in self.pointers:
-                struct.pack_into("!H", buf, position, 0xC000 | (qend + delta))
-            tail = self.tails[qend] = bytes(buf)
+            tail = self.tails[qend] = _aimed(self.tail, self.pointers, qend)
         return b"".join((data[:2], self.heads[data[2] & 1], data[12:qend], tail))
 
 
@@ -286,14 +297,7 @@ class SignedDenial:
         pointers: list[int] = []
 
         def skip_name(offset: int) -> int:
-            while True:
-                length = reply[offset]
-                if length & 0xC0 == 0xC0:
-                    pointers.append(offset)
-                    return offset + 2
-                offset += 1 + length
-                if length == 0:
-                    return offset
+            return _skip_name(reply, offset, pointers)
 
         cut = opt_at = -1
         try:
@@ -349,10 +353,7 @@ class SignedDenial:
     def soa_tail(self, qend: int) -> bytes:
         tail = self.tails.get(qend)
         if tail is None:
-            buf = bytearray(self.soa)
-            for position, delta in self.pointers:
-                struct.pack_into("!H", buf, position, 0xC000 | (qend + delta))
-            tail = self.tails[qend] = bytes(buf)
+            tail = self.tails[qend] = _aimed(self.soa, self.pointers, qend)
         return tail
 
     def reply(self, data: bytes, qend: int, soa: bytes, proof: bytes, count: int, limit: int, tcp: bool
